@@ -1,0 +1,82 @@
+"""Source spans and the one error type a user can cause: :class:`SpecError`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a piece of a spec came from: 1-based line and column, with the line's text."""
+
+    file: str
+    line: int
+    column: int
+    end_column: int | None = None
+    text: str = field(default="", compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+    def excerpt(self) -> str:
+        """The source line with a caret (or a run of carets) under the span."""
+        if not self.text:
+            return ""
+        line = self.text.rstrip("\n").expandtabs(1)
+        width = 1
+        if self.end_column is not None and self.end_column > self.column:
+            width = self.end_column - self.column
+        width = max(1, min(width, len(line) - self.column + 1))
+        return f"    {line}\n    {' ' * (self.column - 1)}{'^' * width}"
+
+
+class SpecError(Exception):
+    """An error in a spec: syntax, an unknown layer, a bad attribute, shapes that do not fit.
+
+    ``str(err)`` reads ``file:line:col: message`` followed by the spec line and a caret;
+    ``notes`` add context such as the block call that an error inside a block came through.
+
+    Attributes:
+        file: the spec file ("<string>" for text given directly).
+        line: 1-based line.
+        column: 1-based column.
+        span: the full :class:`Span` (``None`` for errors not tied to a spec position,
+            such as an unknown ``--set`` name).
+    """
+
+    def __init__(self, message: str, span: Span | None = None, notes: list[tuple[str, Span]] | None = None):
+        self.message = message
+        self.span = span
+        self.notes = list(notes or [])
+        super().__init__(self._render())
+
+    @property
+    def file(self) -> str | None:
+        return self.span.file if self.span else None
+
+    @property
+    def line(self) -> int | None:
+        return self.span.line if self.span else None
+
+    @property
+    def column(self) -> int | None:
+        return self.span.column if self.span else None
+
+    def with_note(self, note: str, span: Span) -> "SpecError":
+        """Return the same error with one more line of context (innermost first)."""
+        return SpecError(self.message, self.span, self.notes + [(note, span)])
+
+    def _render(self) -> str:
+        if self.span is None:
+            return f"error: {self.message}"
+        parts = [f"{self.span}: error: {self.message}"]
+        if self.span.excerpt():
+            parts.append(self.span.excerpt())
+        for note, span in self.notes:
+            parts.append(f"{span}: note: {note}")
+            if span.excerpt():
+                parts.append(span.excerpt())
+        return "\n".join(parts)
+
+    def __str__(self) -> str:
+        return self._render()

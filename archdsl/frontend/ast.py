@@ -1,0 +1,147 @@
+"""The syntax tree of a spec file, as the parser produces it (before any expansion).
+
+Every node carries the :class:`~archdsl.errors.Span` it was written at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from archdsl.errors import Span
+from archdsl.ir import Shape
+
+
+# -- values and expressions ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Num:
+    value: int | float
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Word:
+    """A bare word used as a value: ``shortcut=B``, ``bias=false``, ``mode=sum``."""
+
+    text: str
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Str:
+    text: str
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A parameter named inside braces: ``{classes}``."""
+
+    name: str
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class BinOp:
+    op: str  # one of + - * // / %
+    left: "Expr"
+    right: "Expr"
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Neg:
+    operand: "Expr"
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Braced:
+    """``{expr}``: kept as a node so that the canonical printer can write the braces back."""
+
+    expr: "Expr"
+    span: Span = field(compare=False)
+
+
+Expr = Union[Num, Word, Str, Ref, BinOp, Neg, Braced]
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    value: Expr
+    span: Span = field(compare=False)
+
+
+# -- statements ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layer:
+    """``conv3-64/2 pad=1``: name ``conv3``, width ``64``, stride ``2``, options."""
+
+    name: str
+    width: Expr | None
+    stride: Expr | None
+    options: tuple[Option, ...]
+    span: Span = field(compare=False)
+    repeat: Expr | None = None
+
+
+@dataclass(frozen=True)
+class Call:
+    """``basic(64, stride=2)``: an instance of a block."""
+
+    name: str
+    args: tuple[Expr, ...]
+    kwargs: tuple[Option, ...]
+    span: Span = field(compare=False)
+    repeat: Expr | None = None
+
+
+@dataclass(frozen=True)
+class Residual:
+    options: tuple[Option, ...]
+    body: tuple["Stmt", ...]
+    span: Span = field(compare=False)
+    repeat: Expr | None = None
+
+
+Stmt = Union[Layer, Call, Residual]
+
+
+# -- definitions --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Expr | None
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class BlockDef:
+    name: str
+    params: tuple[Param, ...]
+    body: tuple[Stmt, ...]
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class NetDef:
+    name: str
+    params: tuple[Param, ...]
+    input_shape: Shape | None
+    body: tuple[Stmt, ...]
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Import:
+    path: str
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class SpecFile:
+    file: str
+    imports: tuple[Import, ...]
+    blocks: tuple[BlockDef, ...]
+    nets: tuple[NetDef, ...]

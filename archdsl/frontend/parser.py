@@ -1,0 +1,246 @@
+"""Text -> :class:`~archdsl.frontend.ast.SpecFile`, with source spans and readable errors."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import lark
+from lark import Token, Transformer, v_args
+
+from archdsl.errors import Span, SpecError
+from archdsl.frontend import ast
+from archdsl.ir import Shape
+
+GRAMMAR = Path(__file__).resolve().parent.parent / "grammars" / "archdsl.lark"
+
+# What a user should read for each terminal the parser may expect.
+_TERMINAL_WORDS = {
+    "NAME": "a name",
+    "INT": "an integer",
+    "NUMBER": "a number",
+    "STRING": 'a quoted string ("...")',
+    "SHAPE": "an input shape such as 3x224x224",
+    "REPEAT": "a repeat count such as x2",
+    "SOFTMAX": "softmax",
+    "_NL": "a new line",
+    "$END": "the end of the file",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _parser() -> lark.Lark:
+    return lark.Lark(
+        GRAMMAR.read_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True
+    )
+
+
+class _Source:
+    """A spec's text and file name, to turn Lark positions into Spans."""
+
+    def __init__(self, text: str, file: str):
+        self.file = file
+        self.lines = text.splitlines() or [""]
+
+    def line_text(self, line: int) -> str:
+        return self.lines[line - 1] if 1 <= line <= len(self.lines) else ""
+
+    def span(self, line: int, column: int, end_line: int | None = None, end_column: int | None = None) -> Span:
+        end = end_column if end_line == line else None
+        return Span(self.file, line, column, end, self.line_text(line))
+
+    def of(self, item) -> Span:
+        if isinstance(item, Token):
+            return self.span(item.line, item.column, item.end_line, item.end_column)
+        meta = item if isinstance(item, lark.tree.Meta) else item.meta
+        if getattr(meta, "empty", True):
+            return self.span(1, 1)
+        return self.span(meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+def _describe(terminal: str) -> str:
+    if terminal in _TERMINAL_WORDS:
+        return _TERMINAL_WORDS[terminal]
+    try:
+        pattern = _parser().get_terminal(terminal).pattern
+    except KeyError:
+        return terminal.lower()
+    return f"'{pattern.value}'" if pattern.type == "str" else terminal.lower()
+
+
+def _found(token: Token) -> str:
+    if token.type == "$END":
+        return "the end of the file"
+    if token.type == "_NL":
+        return "the end of the line"
+    return repr(str(token))
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """One method per grammar rule; any rule without one is a bug that :meth:`__default__` reports."""
+
+    def __init__(self, source: _Source):
+        super().__init__(visit_tokens=False)
+        self.src = source
+
+    def __default__(self, data, children, meta):
+        raise NotImplementedError(f"grammar rule {data!r} has no transformer method")
+
+    # definitions
+    def start(self, meta, items):
+        items = [i for i in items if i is not None]
+        return ast.SpecFile(
+            self.src.file,
+            tuple(i for i in items if isinstance(i, ast.Import)),
+            tuple(i for i in items if isinstance(i, ast.BlockDef)),
+            tuple(i for i in items if isinstance(i, ast.NetDef)),
+        )
+
+    def import_stmt(self, meta, children):
+        return ast.Import(children[0][1:-1], self.src.of(meta))
+
+    def block_def(self, meta, children):
+        name, params, body = children
+        return ast.BlockDef(str(name), params or (), body, self.src.of(name))
+
+    def net_def(self, meta, children):
+        name, params, shape, body = children
+        input_shape = None
+        if shape is not None:
+            try:
+                input_shape = Shape.parse(str(shape))
+            except ValueError as err:
+                raise SpecError(str(err), self.src.of(shape)) from None
+        return ast.NetDef(str(name), params or (), input_shape, body, self.src.of(name))
+
+    def param_list(self, meta, children):
+        return tuple(c for c in children if c is not None)
+
+    def param(self, meta, children):
+        name, default = children
+        return ast.Param(str(name), default, self.src.of(name))
+
+    def body(self, meta, children):
+        return tuple(c for c in children if c is not None)
+
+    # statements
+    def stmt(self, meta, children):
+        node, repeat = children
+        if repeat is None:
+            return node
+        return type(node)(**{**node.__dict__, "repeat": repeat})
+
+    def repeat(self, meta, children):
+        return children[1]
+
+    def layer(self, meta, children):
+        name, width, stride, *options = children
+        return ast.Layer(str(name), width, stride, tuple(options), self.src.of(meta))
+
+    def softmax_layer(self, meta, children):
+        token, *options = children
+        return ast.Layer(str(token), None, None, tuple(options), self.src.of(meta))
+
+    def call(self, meta, children):
+        name, *args = children
+        args = [a for a in args if a is not None]
+        positional = tuple(a for a in args if not isinstance(a, ast.Option))
+        keywords = tuple(a for a in args if isinstance(a, ast.Option))
+        return ast.Call(str(name), positional, keywords, self.src.of(meta))
+
+    def positional_arg(self, meta, children):
+        return children[0]
+
+    def keyword_arg(self, meta, children):
+        name, value = children
+        return ast.Option(str(name), value, self.src.of(name))
+
+    def residual(self, meta, children):
+        *options, body = children
+        return ast.Residual(tuple(options), body, self.src.of(meta))
+
+    def option(self, meta, children):
+        name, value = children
+        return ast.Option(str(name), value, self.src.of(name))
+
+    # values
+    def int_arg(self, meta, children):
+        return ast.Num(int(children[0]), self.src.of(children[0]))
+
+    def expr_arg(self, meta, children):
+        return ast.Braced(children[0], self.src.of(meta))
+
+    expr_value = expr_arg
+
+    def number_value(self, meta, children):
+        return self.number(meta, children)
+
+    def word_value(self, meta, children):
+        return ast.Word(str(children[0]), self.src.of(children[0]))
+
+    def string_value(self, meta, children):
+        return ast.Str(str(children[0])[1:-1], self.src.of(children[0]))
+
+    # expressions
+    def number(self, meta, children):
+        text = str(children[0])
+        value = float(text) if any(ch in text for ch in ".eE") else int(text)
+        return ast.Num(value, self.src.of(children[0]))
+
+    def ref(self, meta, children):
+        return ast.Ref(str(children[0]), self.src.of(children[0]))
+
+    def neg(self, meta, children):
+        return ast.Neg(children[0], self.src.of(meta))
+
+    def _binary(op):  # noqa: N805 - builds the five binary-operator methods below
+        def method(self, meta, children):
+            return ast.BinOp(op, children[0], children[1], self.src.of(meta))
+        return method
+
+    add, sub, mul = _binary("+"), _binary("-"), _binary("*")
+    floordiv, truediv, mod = _binary("//"), _binary("/"), _binary("%")
+    del _binary
+
+
+def parse(text: str, file: str = "<string>") -> ast.SpecFile:
+    """Parse spec text. Raises SpecError with the position, the line, a caret, and what was
+    expected versus found."""
+    source = _Source(text, file)
+    try:
+        tree = _parser().parse(text + "\n")
+    except lark.UnexpectedToken as err:
+        expected = sorted({_describe(t) for t in err.accepts or err.expected})
+        raise SpecError(
+            f"expected {_join(expected)}, found {_found(err.token)}",
+            source.span(err.line if err.line > 0 else len(source.lines), max(err.column, 1)),
+        ) from None
+    except lark.UnexpectedCharacters as err:
+        expected = sorted({_describe(t) for t in err.allowed or ()})
+        char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else ""
+        what = f"unexpected character {char!r}"
+        raise SpecError(
+            f"{what}; expected {_join(expected)}" if expected else what,
+            source.span(err.line, err.column),
+        ) from None
+    except lark.UnexpectedEOF as err:
+        expected = sorted({_describe(t) for t in err.expected})
+        raise SpecError(
+            f"expected {_join(expected)}, found the end of the file",
+            source.span(len(source.lines), len(source.line_text(len(source.lines))) + 1),
+        ) from None
+    try:
+        return _ToAst(source).transform(tree)
+    except lark.exceptions.VisitError as err:
+        if isinstance(err.orig_exc, SpecError):
+            raise err.orig_exc from None
+        raise
+
+
+def _join(words: list[str]) -> str:
+    if len(words) > 8:
+        words = words[:8] + ["..."]
+    if len(words) <= 1:
+        return "".join(words) or "something else"
+    return ", ".join(words[:-1]) + " or " + words[-1]

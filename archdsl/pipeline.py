@@ -1,0 +1,93 @@
+"""The compiler, top to bottom: spec text -> checked graph -> transformed graph -> module.
+
+    parse        text -> syntax tree, imports read            frontend/parser.py, loader.py
+    expand       repeats, blocks, residuals, implied ReLUs;   frontend/expand.py
+                 each node's shape inferred as it is added    passes/shapes.py
+    analyse      parameters, MACs, receptive field            passes/analysis.py
+    verify       IR invariants                                ir.py
+    transform    backend/evaluation passes (lowering plan)    passes/__init__.py
+    lower        nn.Module in process, or module source       codegen/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from archdsl.frontend.expand import build
+from archdsl.frontend.loader import load_program, read_source
+from archdsl.frontend.values import Value
+from archdsl.ir import ArchGraph, Shape, verify
+from archdsl.limits import DEFAULT, Limits
+from archdsl.passes.analysis import analyse
+from archdsl.registry import resolve_spec
+
+
+def _shape(value) -> Shape | None:
+    if value is None or isinstance(value, Shape):
+        return value
+    if isinstance(value, str):
+        return Shape.parse(value)
+    return Shape.of(*value)
+
+
+def loads(text: str, *, net: str | None = None, input: Any = None, file: str = "<string>",
+          limits: Limits = DEFAULT, params: dict[str, Value] | None = None,
+          base_dir: str | Path | None = None, **kwargs: Value) -> ArchGraph:
+    """Compile spec text to a checked, counted graph.
+
+    Args:
+        text: the spec.
+        net: which net of the text to build (needed only when it defines several).
+        input: input shape overriding the spec's, as ``"3x384x384"`` or ``(3, 384, 384)``.
+        file: the name errors give for the text.
+        limits: resource limits (:class:`archdsl.Limits`).
+        params: net parameters, e.g. ``{"n": 18}``; keyword arguments are added to them.
+        base_dir: folder that relative imports start from (default: the working directory).
+
+    Raises:
+        SpecError: anything wrong with the spec, pointing at the line.
+    """
+    program = load_program(text, file, limits, Path(base_dir) if base_dir else Path.cwd())
+    values = {**(params or {}), **kwargs}
+    graph = build(program, program.net(net), values, _shape(input), limits)
+    analyse(graph)
+    verify(graph)
+    return graph
+
+
+def load(path: str | Path, *, net: str | None = None, input: Any = None, limits: Limits = DEFAULT,
+         params: dict[str, Value] | None = None, **kwargs: Value) -> ArchGraph:
+    """Compile a spec file (or a bundled spec's name, such as ``"resnet50"``) to a checked graph.
+
+    Arguments as for :func:`loads`.
+    """
+    file = resolve_spec(path)
+    text = read_source(file, limits)
+    return loads(text, net=net, input=input, file=str(path) if Path(path).is_file() else str(file),
+                 limits=limits, params=params, base_dir=file.parent, **kwargs)
+
+
+def compile(spec: str | Path | ArchGraph, *, backend: str = "torch", dense: bool = False,
+            net: str | None = None, input: Any = None, limits: Limits = DEFAULT,
+            params: dict[str, Value] | None = None, **kwargs: Value):
+    """Compile a spec (path, bundled name, or a graph from :func:`load`) to a ``torch.nn.Module``.
+
+    Args:
+        spec: what to compile.
+        backend: ``"torch"`` (PyTorch layers) or ``"triton"`` (archdsl's Triton kernels where
+            they apply; without a CUDA device it falls back to PyTorch and says so once).
+        dense: fully-convolutional form for dense evaluation (FC layers become convolutions).
+        net, input, limits, params, kwargs: as for :func:`loads`, when ``spec`` is not a graph.
+    """
+    from archdsl.codegen.torch_module import build_module
+    from archdsl.passes import lowering_pipeline
+
+    graph = spec if isinstance(spec, ArchGraph) else load(
+        spec, net=net, input=input, limits=limits, params=params, **kwargs)
+    graph = lowering_pipeline(graph, backend=backend, dense=dense)
+    if graph.params > limits.max_params:
+        from archdsl.errors import SpecError
+        raise SpecError(f"net {graph.name!r} has {graph.params:,} parameters, over the limit of "
+                        f"{limits.max_params:,} (limit max_params)", graph.graph.get("spec"))
+    return build_module(graph, backend)
