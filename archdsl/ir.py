@@ -69,7 +69,8 @@ SCHEMA: dict[Op, OpSchema] = {
     ),
     Op.LINEAR: OpSchema(
         1, {"out_features": int, "bias": bool}, weighted=True,
-        doc="fully connected layer; a CxHxW input is flattened in (C, H, W) order",
+        doc="fully connected layer; a CxHxW input is flattened in (C, H, W) order; optional "
+            "attrs['in_features']: the input size the spec states, checked by shape inference",
     ),
     Op.MAXPOOL: OpSchema(1, {"kernel": tuple, "stride": tuple, "padding": tuple}),
     Op.AVGPOOL: OpSchema(1, {"kernel": tuple, "stride": tuple, "padding": tuple}),

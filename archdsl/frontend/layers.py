@@ -54,7 +54,7 @@ class Written:
 
     def width(self, what: str) -> int:
         if self.layer.width is None:
-            raise self.error(f"{self.layer.name} needs a {what}: write it as {self.layer.name}-N")
+            raise self.error(f"{self.layer.name} needs {what}: write it as {self.layer.name}-N")
         return self._check_int(evaluate(self.layer.width, self.env), what, self.layer.width.span, 1)
 
     def no_width(self) -> None:
@@ -132,9 +132,15 @@ def _padding(w: Written, kernel: tuple[int, int]) -> tuple[int, int]:
 
 
 def _conv(w: Written):
-    kernel = w.kernel or (w.int("k", 1, minimum=1),) * 2
+    kernel = w.kernel
+    if kernel is None:  # conv-64 k={k}: the window size from a parameter
+        if "k" not in w.options:
+            raise w.error("conv needs a window size: write convK-C (conv3-64) or conv-C k=K")
+        kernel = _pair(w.int("k", 1, minimum=1))
+    elif "k" in w.options:
+        raise w.error("window size given twice (in the name and as k=)", w.options["k"].span)
     attrs = {
-        "out_channels": w.width("number of channels"),
+        "out_channels": w.width("the number of channels"),
         "kernel": kernel,
         "stride": _pair(w.stride(1)),
         "padding": _padding(w, kernel),
@@ -146,7 +152,10 @@ def _conv(w: Written):
 
 def _fc(w: Written):
     w.no_stride()
-    attrs = {"out_features": w.width("number of features"), "bias": w.bool("bias", True)}
+    attrs = {"out_features": w.width("the number of features"), "bias": w.bool("bias", True)}
+    expected = w.int("in", 0, minimum=1)
+    if expected:  # the input size the author expects, checked against the real one
+        attrs["in_features"] = expected
     return Op.LINEAR, attrs, w.choice("act", "relu", ("relu", "none"))
 
 
@@ -180,9 +189,11 @@ def _simple(op: Op, **defaults):
 LAYERS: dict[str, LayerKind] = {
     "conv": LayerKind(_conv, ("pad", "groups", "bias", "act", "stride", "k"), True,
                       "convK-C[/S]: KxK convolution to C channels, stride S (1); pad keeps the size "
-                      "by default (K//2); options pad, groups, bias, act=relu|none"),
-    "fc": LayerKind(_fc, ("bias", "act"), False,
-                    "fc-N: fully connected layer to N features (flattens a CxHxW input)"),
+                      "by default (K//2); options pad, groups, bias, act=relu|none; conv-C k=K "
+                      "takes the window size from an expression"),
+    "fc": LayerKind(_fc, ("bias", "act", "in"), False,
+                    "fc-N: fully connected layer to N features (flattens a CxHxW input); in=M "
+                    "states the input size it expects"),
     "maxpool": LayerKind(_pool(Op.MAXPOOL), ("pad", "stride"), True,
                          "maxpool[K][/S]: max pooling, KxK window (2), stride S (K); option pad"),
     "avgpool": LayerKind(_pool(Op.AVGPOOL), ("pad", "stride"), True,

@@ -85,4 +85,8 @@ def parse_cli_value(text: str) -> Value:
 
 
 def describe(value: Value) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

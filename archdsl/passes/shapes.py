@@ -60,6 +60,10 @@ def infer_node(op: Op, attrs: dict, inputs: list[Shape]) -> Shape:
         _need_map("global average pooling", x)
         return Shape.of(x.c, 1, 1)
     if op is Op.LINEAR:
+        expected = attrs.get("in_features")
+        if expected is not None and expected != x.numel:
+            raise ShapeError(f"fc-{attrs['out_features']} expects {expected} input features, "
+                             f"but receives {x.numel} ({x})")
         return Shape.of(attrs["out_features"])
     if op is Op.LRN:
         _need_map("LRN", x)
