@@ -16,7 +16,15 @@ of the layer in the lowered module) and its data is:
 =========  ==============================================================================
 
 Graph-level data (``graph.graph``): ``name`` of the net, ``input`` and ``output`` node names,
-``params`` (the net parameter values it was built with) and ``spec`` (the source span of the net).
+``params`` (the net parameter values it was built with), ``spec`` (the source span of the net),
+``spec_input`` (the input :class:`Shape` the spec declares, None if it declares none) and, on a
+graph in fully-convolutional form (passes/fc_to_conv.py), ``dense``: the input shape at which
+its fc layers were converted.
+
+Optional attribute: a CONV made from a fully connected layer by passes/fc_to_conv.py carries
+``attrs["from_linear"] = (C, kh, kw)``: the fc's input read as a map, so its ``(out, C*kh*kw)``
+weight reshapes to the conv's ``(out, C, kh, kw)`` kernel. The lowerings reshape such 2-D
+weights when a state dict is loaded, so an fc module's ``state_dict()`` loads unchanged.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ class Op(enum.Enum):
     SOFTMAX = "softmax"
     ADD = "add"
     SHORTCUT_PAD = "shortcut_pad"  # ResNet option A: subsample, zero-pad the extra channels
+    FUSED_CONV = "conv_bn_relu"  # conv [-> batch norm] [-> ReLU] as one node (backend passes)
 
     def __repr__(self) -> str:
         return f"Op.{self.name}"
@@ -88,6 +97,17 @@ SCHEMA: dict[Op, OpSchema] = {
     Op.SHORTCUT_PAD: OpSchema(
         1, {"stride": int, "out_channels": int},
         doc="identity shortcut where dimensions grow: x[:, :, ::s, ::s], zero-padded channels",
+    ),
+    Op.FUSED_CONV: OpSchema(
+        1,
+        {"out_channels": int, "kernel": tuple, "stride": tuple, "padding": tuple,
+         "groups": int, "bias": bool, "bn": bool, "eps": float, "bn_name": str, "relu": bool},
+        weighted=True,
+        doc="a conv (the CONV attrs; the node keeps the conv's name) followed by a batch norm "
+            "when ``bn`` (with its ``eps``; ``bn_name`` is the name the BN node had, which the "
+            "lowering keeps for the BN's parameters so state_dict keys do not change; \"\" "
+            "without BN) and a ReLU when ``relu``. Made by passes/fold_bn.py and passes/fuse.py; "
+            "in eval mode the BN is folded into the conv's weight and bias",
     ),
 }
 
@@ -256,3 +276,13 @@ def verify(graph: ArchGraph, analysed: bool = True) -> None:
             fail(name, "has no inferred shape (meta['shape'])")
         if name != output and graph.out_degree(name) == 0:
             fail(name, "is not used and is not the output")
+        if op is Op.FUSED_CONV and attrs["bn"] != bool(attrs["bn_name"]):
+            fail(name, "a fused conv names its batch norm (bn_name) exactly when it has one (bn)")
+    owned: set[str] = set()  # names a fused conv keeps for its batch norm's parameters
+    for name, data in graph.nodes(data=True):
+        bn_name = data["attrs"].get("bn_name") if data["op"] is Op.FUSED_CONV else ""
+        if bn_name:
+            if not bn_name.isidentifier() or bn_name in graph or bn_name in owned:
+                fail(name, f"its batch norm's name {bn_name!r} is not an identifier, or is taken "
+                           "by a node or another fused conv")
+            owned.add(bn_name)

@@ -6,16 +6,24 @@ The lowering plan (what runs between a checked graph and a module) is
 
 from __future__ import annotations
 
-from archdsl.ir import ArchGraph, verify
+from archdsl.ir import ArchGraph, Shape, verify
 
 BACKENDS = ("torch", "triton")
 
 
-def lowering_pipeline(graph: ArchGraph, *, backend: str = "torch", dense: bool = False) -> ArchGraph:
-    """The passes that prepare a checked graph for a backend, in order; each result verified."""
+def lowering_pipeline(graph: ArchGraph, *, backend: str = "torch", dense: bool = False,
+                      dense_input: Shape | None = None) -> ArchGraph:
+    """The passes that prepare a checked graph for a backend, in order; each result verified.
+
+    With ``dense``, the fc layers become convolutions (:func:`~archdsl.passes.fc_to_conv.fc_to_conv`);
+    ``dense_input`` is the input shape the dense form runs at (default the graph's own, which
+    is also the size the fc layers are converted at).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if dense:
-        raise NotImplementedError("dense evaluation is not available yet")
+        from archdsl.passes.fc_to_conv import fc_to_conv
+
+        graph = fc_to_conv(graph, dense_input)
     verify(graph)
     return graph

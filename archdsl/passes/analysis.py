@@ -13,10 +13,12 @@ from archdsl.ir import ArchGraph, Op, Shape
 
 def _counts(op: Op, attrs: dict, x: Shape | None, y: Shape) -> tuple[int, int]:
     """(parameters, MACs) of one node with input shape x and output shape y."""
-    if op is Op.CONV:
+    if op in (Op.CONV, Op.FUSED_CONV):
         kh, kw = attrs["kernel"]
         per_output = (x.c // attrs["groups"]) * kh * kw
         params = y.c * per_output + (y.c if attrs["bias"] else 0)
+        if op is Op.FUSED_CONV and attrs["bn"]:
+            params += 2 * y.c  # the fused batch norm's scale and shift; it adds no MACs
         return params, y.h * y.w * y.c * per_output
     if op is Op.LINEAR:
         params = x.numel * y.c + (y.c if attrs["bias"] else 0)
@@ -27,7 +29,7 @@ def _counts(op: Op, attrs: dict, x: Shape | None, y: Shape) -> tuple[int, int]:
 
 
 def _field(op: Op, attrs: dict, x: Shape, rf: int, jump: int) -> tuple[int, int]:
-    if op in (Op.CONV, Op.MAXPOOL, Op.AVGPOOL):
+    if op in (Op.CONV, Op.FUSED_CONV, Op.MAXPOOL, Op.AVGPOOL):
         return rf + (attrs["kernel"][0] - 1) * jump, jump * attrs["stride"][0]
     if op is Op.SHORTCUT_PAD:
         return rf, jump * attrs["stride"]
@@ -58,13 +60,16 @@ def analyse(graph: ArchGraph) -> ArchGraph:
 
 def describe(op: Op, attrs: dict) -> str:
     """A short, paper-like description of one op: ``conv 3x3/1 pad 1, 64``."""
-    if op is Op.CONV:
+    if op in (Op.CONV, Op.FUSED_CONV):
         (kh, kw), (s, _), (p, _) = attrs["kernel"], attrs["stride"], attrs["padding"]
         extra = "".join([
             f" groups {attrs['groups']}" if attrs["groups"] > 1 else "",
             "" if attrs["bias"] else " no-bias",
         ])
-        return f"conv {kh}x{kw}/{s} pad {p}, {attrs['out_channels']}{extra}"
+        kind = "conv"
+        if op is Op.FUSED_CONV:  # conv+bn+relu 3x3/1 pad 1, 64
+            kind += "+bn" * attrs["bn"] + "+relu" * attrs["relu"]
+        return f"{kind} {kh}x{kw}/{s} pad {p}, {attrs['out_channels']}{extra}"
     if op is Op.LINEAR:
         return f"fc {attrs['out_features']}" + ("" if attrs["bias"] else " no-bias")
     if op in (Op.MAXPOOL, Op.AVGPOOL):

@@ -41,7 +41,7 @@ def infer_node(op: Op, attrs: dict, inputs: list[Shape]) -> Shape:
     if op is Op.INPUT:
         return attrs["shape"]
     x = inputs[0]
-    if op is Op.CONV:
+    if op in (Op.CONV, Op.FUSED_CONV):  # a fused conv's BN and ReLU keep the conv's shape
         _need_map("conv", x)
         groups, out = attrs["groups"], attrs["out_channels"]
         if x.c % groups or out % groups:
