@@ -124,3 +124,9 @@ def test_errors_are_one_type_with_positions():
     for text in ["net", "net n : 3x8x8 { conv3-4 x }", "net n : 3x8x8 { fc-{1//0} }", "}{"]:
         err = error(text)
         assert err.line >= 1 and err.column >= 1
+
+
+def test_two_statements_on_a_line_without_a_separator():
+    err = error("net a : 3x8x8 { conv3-64 conv3-8 }")
+    assert "expected '=', found '-'" in err.message
+    assert "statements are separated by ';' or new lines" in err.message

@@ -212,8 +212,11 @@ def parse(text: str, file: str = "<string>") -> ast.SpecFile:
         tree = _parser().parse(text + "\n")
     except lark.UnexpectedToken as err:
         expected = sorted({_describe(t) for t in err.accepts or err.expected})
+        hint = ""
+        if expected == ["'='"]:  # a word after a layer reads as the start of an option
+            hint = " (options are written name=value; statements are separated by ';' or new lines)"
         raise SpecError(
-            f"expected {_join(expected)}, found {_found(err.token)}",
+            f"expected {_join(expected)}, found {_found(err.token)}{hint}",
             source.span(err.line if err.line > 0 else len(source.lines), max(err.column, 1)),
         ) from None
     except lark.UnexpectedCharacters as err:
