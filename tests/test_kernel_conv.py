@@ -1,0 +1,444 @@
+"""The fused Triton convolution (archdsl.codegen.triton.conv) against F.conv2d in float64.
+
+Without a GPU these run under Triton's CPU interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1), which is slow: shapes are tiny and the kernels use one small tile config.
+
+Tolerances (relative Frobenius error of the output, plus an element-wise bound):
+  * float32: the interpreter's dot is exact fp32 with fp32 accumulation, so the only error is
+    fp32 rounding (~1e-7); 1e-5 leaves room. On a GPU the fixture below turns TF32 off so
+    the same bound holds.
+  * float16: inputs are rounded to fp16 *before* the float64 reference is computed, so the
+    reference sees exactly the kernel's operands. What is left is fp32 accumulation (~1e-7)
+    and rounding the output to fp16 (up to 2**-11 ~ 4.9e-4 relative per element): 2e-3.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import triton
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from archdsl.codegen.triton import conv
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def _ieee_fp32(monkeypatch):
+    """fp32 tests compare at fp32 accuracy: no TF32 in the kernel (it follows cuDNN's flag)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
+def _rand(gen, *shape, dtype, scale=1.0):
+    # Fresh random values (never zeros), drawn on the CPU so every device sees the same ones.
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(device=DEVICE, dtype=dtype)
+
+
+def _problem(
+    batch, c_in, c_out, h, w, k, groups, *, dtype, bias=True, residual=False, stride=1, padding=0, seed=0
+):
+    gen = torch.Generator().manual_seed(seed)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = _rand(gen, batch, c_in, h, w, dtype=dtype)
+    fan_in = c_in // groups * kh * kw
+    wt = _rand(gen, c_out, c_in // groups, kh, kw, dtype=dtype, scale=fan_in**-0.5)
+    b = _rand(gen, c_out, dtype=dtype) if bias else None
+    r = None
+    if residual:
+        sh, sw = (stride, stride) if isinstance(stride, int) else stride
+        ph, pw = (padding, padding) if isinstance(padding, int) else padding
+        out_shape = (batch, c_out, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+        r = _rand(gen, *out_shape, dtype=dtype)
+    return x, wt, b, r
+
+
+def _reference(x, wt, b, stride, padding, groups, relu, residual):
+    """The fused op in float64 on the CPU, from the (already rounded) operands."""
+    d = lambda t: None if t is None else t.detach().to("cpu", torch.float64)  # noqa: E731
+    y = F.conv2d(d(x), d(wt), d(b), stride, padding, 1, groups)
+    if residual is not None:
+        y = y + d(residual)
+    return torch.relu(y) if relu else y
+
+
+def _assert_close(y, ref, dtype):
+    assert y.shape == ref.shape, (y.shape, ref.shape)
+    y = y.detach().to("cpu", torch.float64)
+    assert not torch.isnan(y).any(), f"{int(torch.isnan(y).sum())} output elements NaN (unwritten?)"
+    tol = TOL[dtype]
+    rel = float(torch.linalg.vector_norm(y - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30))
+    assert rel <= tol, f"relative error {rel:.3e} > {tol:.0e}"
+    atol = tol * float(ref.abs().max().clamp_min(1.0))
+    bad = (y - ref).abs() > atol + tol * ref.abs()
+    assert not bad.any(), f"{int(bad.sum())} elements off; max abs error {float((y - ref).abs().max()):.3e}"
+
+
+def _poisoned(shape, dtype):
+    """An output buffer full of NaN: any element the kernel fails to write stays NaN."""
+    return torch.full(shape, float("nan"), device=DEVICE, dtype=dtype).contiguous(
+        memory_format=torch.channels_last
+    )
+
+
+# (batch, c_in, c_out, h, w, kernel, stride, padding, groups, bias, residual, relu)
+CASES = {
+    "1x1_s1": (2, 8, 6, 5, 7, 1, 1, 0, 1, True, False, True),
+    "1x1_s2": (1, 6, 8, 9, 9, 1, 2, 0, 1, False, True, False),
+    "3x3_p1_s1": (2, 4, 8, 5, 7, 3, 1, 1, 1, True, True, True),
+    "3x3_p1_s2": (1, 8, 6, 9, 9, 3, 2, 1, 1, True, False, False),
+    "5x5_p2": (1, 6, 8, 9, 7, 5, 1, 2, 1, False, False, True),
+    "7x7_s2_p3": (1, 3, 8, 11, 13, 7, 2, 3, 1, True, False, True),
+    "11x11_s4_p2": (1, 3, 8, 19, 19, 11, 4, 2, 1, True, False, True),
+    "groups2": (2, 8, 6, 7, 5, 3, 1, 1, 2, True, True, True),
+    "groups3_s2": (1, 6, 9, 9, 7, 3, 2, 1, 3, False, False, True),
+    "cin3_odd": (2, 3, 4, 7, 9, 3, 1, 1, 1, True, False, False),
+    # More than one channel block per tap and more than one N tile (interpreter tile: 32x16x16).
+    "wide_3x3": (1, 20, 24, 5, 5, 3, 1, 1, 1, True, True, True),
+    "wide_groups2": (1, 36, 40, 5, 3, 3, 2, 1, 2, True, False, True),
+    # Non-square kernel, stride and padding, on the general kernel's K walk.
+    "rect_3x5_s21_p12": (1, 16, 8, 7, 8, (3, 5), (2, 1), (1, 2), 1, True, True, True),
+    # A 5x5 kernel on a 2x3 image: every window is mostly padding.
+    "all_padding_edge": (1, 4, 4, 2, 3, 5, 1, 2, 1, True, False, False),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("small_c", [False, True], ids=["general", "small_c"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_f_conv2d(case, small_c, dtype):
+    batch, c_in, c_out, h, w, k, stride, padding, groups, bias, residual, relu = CASES[case]
+    x, wt, b, r = _problem(
+        batch, c_in, c_out, h, w, k, groups, dtype=dtype, bias=bias, residual=residual,
+        stride=stride, padding=padding, seed=list(CASES).index(case),
+    )  # fmt: skip
+    ref = _reference(x, wt, b, stride, padding, groups, relu, r)
+    out = _poisoned(ref.shape, dtype)
+    y = conv._forward(x, wt, b, stride, padding, groups, relu, r, out=out, small_c=small_c)
+    assert y is out
+    _assert_close(y, ref, dtype)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_epilogue_combinations(bias, residual, relu):
+    x, wt, b, r = _problem(
+        2, 6, 8, 5, 5, 3, 1, dtype=torch.float32, bias=bias, residual=residual, padding=1, seed=7
+    )
+    y = conv.conv2d(x, wt, b, padding=1, relu=relu, residual=r)
+    _assert_close(y, _reference(x, wt, b, 1, 1, 1, relu, r), torch.float32)
+    if relu:
+        assert (y >= 0).all()
+    else:
+        assert (y < 0).any()  # the ReLU really is off
+
+
+def test_public_api_layouts_and_pairs():
+    """NCHW input, non-contiguous residual, (h, w) stride/padding, a non-square kernel."""
+    x, wt, b, _ = _problem(2, 6, 8, 7, 9, (3, 5), 2, dtype=torch.float32, seed=3)
+    stride, padding = (1, 2), (2, 1)
+    ref_shape = _reference(x, wt, b, stride, padding, 2, False, None).shape
+    r = _rand(torch.Generator().manual_seed(4), *ref_shape, dtype=torch.float32)
+    r_strided = r.transpose(2, 3).contiguous().transpose(2, 3)  # same values, odd layout
+    assert x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    y = conv.conv2d(x, wt, b, stride=stride, padding=padding, groups=2, relu=True, residual=r_strided)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert y.dtype == x.dtype and y.device == x.device
+    _assert_close(y, _reference(x, wt, b, stride, padding, 2, True, r), torch.float32)
+
+
+def test_conv2d_relu_and_output_layout():
+    x, wt, b, _ = _problem(1, 3, 16, 9, 9, 3, 1, dtype=torch.float16, seed=5)
+    y = conv.conv2d_relu(x.contiguous(memory_format=torch.channels_last), wt, b, 2, 1)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    _assert_close(y, _reference(x, wt, b, 2, 1, 1, True, None), torch.float16)
+
+
+def test_kernel_selection_by_channels():
+    assert conv.uses_small_c_kernel(3)
+    assert conv.uses_small_c_kernel(conv.SMALL_C_MAX - 1)
+    assert not conv.uses_small_c_kernel(conv.SMALL_C_MAX)
+    assert not conv.uses_small_c_kernel(64)
+
+
+def test_pack_weight_layout():
+    w = torch.randn(6, 4, 3, 2)  # C_out=6, groups=2 -> C_in_g=4, C_out_g=3
+    p = conv.pack_weight(w, groups=2)
+    assert p.shape == (2, 3 * 2 * 4, 3) and p.is_contiguous()
+    g, r, s, c, o = 1, 2, 1, 3, 2
+    assert p[g, (r * 2 + s) * 4 + c, o] == w[g * 3 + o, c, r, s]
+
+
+def test_tile_configs_on_multi_tile_shapes():
+    """Several tiles in M, N and K, with partial swizzle bands, for both kernels."""
+    configs = [
+        triton.Config(
+            {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_SIZE_M": 3}, num_warps=4, num_stages=1
+        ),
+        triton.Config(
+            {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_SIZE_M": 1}, num_warps=4, num_stages=1
+        ),
+    ]
+    for small_c in (False, True):
+        results = conv.validate_configs(
+            2, 20, 40, 7, 5, 3, stride=1, padding=1, groups=1, configs=configs, small_c=small_c,
+            dtype=torch.float32, device=DEVICE,
+        )  # fmt: skip
+        assert len(results) == len(configs)
+        for res in results:
+            assert res.ok and math.isfinite(res.rel_err), res
+
+
+def test_empty_batch():
+    x, wt, b, _ = _problem(1, 4, 8, 5, 5, 3, 1, dtype=torch.float32)
+    y = conv.conv2d(x[:0], wt, b, padding=1)
+    assert y.shape == (0, 8, 5, 5)
+
+
+def test_autograd_matches_float64():
+    x, wt, b, r = _problem(
+        2, 6, 8, 7, 5, 3, 2, dtype=torch.float32, residual=True, stride=2, padding=1, seed=11
+    )
+    leaves = [t.clone().requires_grad_() for t in (x, wt, b, r)]
+    y = conv.conv2d(
+        leaves[0], leaves[1], leaves[2], stride=2, padding=1, groups=2, relu=True, residual=leaves[3]
+    )
+    grad_out = _rand(torch.Generator().manual_seed(12), *y.shape, dtype=torch.float32)
+    y.backward(grad_out)
+
+    ref_leaves = [t.detach().double().cpu().requires_grad_() for t in (x, wt, b, r)]
+    xr, wr, br, rr = ref_leaves
+    y_ref = torch.relu(F.conv2d(xr, wr, br, 2, 1, 1, 2) + rr)
+    y_ref.backward(grad_out.double().cpu())
+
+    _assert_close(y, y_ref.detach(), torch.float32)
+    for name, got, want in zip(("x", "weight", "bias", "residual"), leaves, ref_leaves, strict=True):
+        assert got.grad is not None, name
+        g, w_ = got.grad.double().cpu(), want.grad
+        rel = float((g - w_).norm() / w_.norm())
+        assert rel < 1e-5, f"grad of {name}: relative error {rel:.2e}"
+
+
+def test_autograd_without_bias_or_relu():
+    x, wt, _, _ = _problem(1, 4, 4, 5, 5, 1, 1, dtype=torch.float32, bias=False, seed=13)
+    xg, wg = x.clone().requires_grad_(), wt.clone().requires_grad_()
+    conv.conv2d(xg, wg).sum().backward()
+    xr, wr = x.double().cpu().requires_grad_(), wt.double().cpu().requires_grad_()
+    F.conv2d(xr, wr).sum().backward()
+    assert torch.allclose(xg.grad.double().cpu(), xr.grad, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(wg.grad.double().cpu(), wr.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda x, w: (x[0], w, {}), ValueError, "x must be 4-D"),
+        (lambda x, w: (x, w[0], {}), ValueError, "weight must be 4-D"),
+        (lambda x, w: (x, w.half(), {}), TypeError, "weight dtype"),
+        (lambda x, w: (x.double(), w.double(), {}), TypeError, "not supported"),
+        (lambda x, w: (x, w, {"groups": 4}), ValueError, "not divisible by groups"),
+        (lambda x, w: (x, w[:, :2], {}), ValueError, "expects 2 input channels"),
+        (lambda x, w: (x, w[:5], {"groups": 2}), ValueError, r"output channels \(5\)"),
+        (lambda x, w: (x, w, {"bias": torch.zeros(3, device=x.device)}), ValueError, "bias must have shape"),
+        (
+            lambda x, w: (x, w, {"bias": torch.zeros(8, device=x.device, dtype=torch.float16)}),
+            TypeError,
+            "bias dtype",
+        ),
+        (
+            lambda x, w: (x, w, {"residual": torch.zeros(1, 8, 4, 4, device=x.device)}),
+            ValueError,
+            "residual must have",
+        ),
+        (lambda x, w: (x, w, {"stride": 0}), ValueError, "stride must be >= 1"),
+        (lambda x, w: (x, w, {"padding": -1}), ValueError, "padding must be >= 0"),
+        (lambda x, w: (x, w, {"stride": (1, 2, 3)}), TypeError, "pair of ints"),
+        (lambda x, w: (x, w, {"groups": 0}), ValueError, "groups must be a positive int"),
+        (lambda x, w: (x[:, :, :2, :2], w, {}), ValueError, "does not fit"),
+    ],
+)
+def test_bad_inputs_raise(make, error, match):
+    x, wt, _, _ = _problem(1, 6, 8, 5, 5, 3, 1, dtype=torch.float32, bias=False)
+    x, wt, kwargs = make(x, wt)
+    with pytest.raises(error, match=match):
+        conv.conv2d(x, wt, **kwargs)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's own limitation")
+def test_bfloat16_under_interpreter_is_refused():
+    x, wt, _, _ = _problem(1, 4, 4, 5, 5, 3, 1, dtype=torch.float32, bias=False)
+    with pytest.raises(TypeError, match="interpreter"):
+        conv.conv2d(x.bfloat16(), wt.bfloat16())
+
+
+def test_fused_module_loads_conv2d_state_dict():
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(6, 8, 3, stride=2, padding=1, groups=2).to(DEVICE)
+    fused = conv.FusedConv2d(6, 8, 3, stride=2, padding=1, groups=2, relu=True).to(DEVICE)
+    fused.load_state_dict(ref.state_dict())
+    assert set(fused.state_dict()) == {"weight", "bias"}
+    assert (fused.stride, fused.padding, fused.groups, fused.relu) == ((2, 2), (1, 1), 2, True)
+    x = _rand(torch.Generator().manual_seed(1), 2, 6, 9, 7, dtype=torch.float32)
+    with torch.no_grad():
+        y = fused(x)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        _assert_close(y, _reference(x, ref.weight, ref.bias, 2, 1, 2, True, None), torch.float32)
+
+        # An in-place parameter update is seen by the next call (the packed weight is refreshed).
+        fused.weight.mul_(-1.0)
+        _assert_close(fused(x), _reference(x, -ref.weight, ref.bias, 2, 1, 2, True, None), torch.float32)
+
+        # A copy of an existing layer, without ReLU, with a residual input.
+        plain = conv.FusedConv2d.from_conv(ref)
+        r = _rand(torch.Generator().manual_seed(2), 2, 8, 5, 4, dtype=torch.float32)
+        _assert_close(
+            plain(x, residual=r), _reference(x, ref.weight, ref.bias, 2, 1, 2, False, r), torch.float32
+        )
+
+
+def test_fused_module_under_inference_mode():
+    x = _rand(torch.Generator().manual_seed(4), 1, 4, 5, 5, dtype=torch.float32)
+    fused = conv.FusedConv2d(4, 8, 3, padding=1, relu=True).to(DEVICE)
+    with torch.inference_mode():
+        y = fused(x)  # a normal module run under inference mode
+        made_inside = conv.FusedConv2d(4, 8, 3, padding=1).to(DEVICE)  # inference-tensor weights
+        made_inside.load_state_dict(fused.state_dict())
+        y_inside = made_inside(x)
+    ref = _reference(x, fused.weight, fused.bias, 1, 1, 1, False, None)
+    _assert_close(y, torch.relu(ref), torch.float32)
+    _assert_close(y_inside, ref, torch.float32)
+
+
+def test_fused_module_trains():
+    torch.manual_seed(0)
+    fused = conv.FusedConv2d(4, 4, 3, padding=1, relu=True).to(DEVICE)
+    ref = torch.nn.Conv2d(4, 4, 3, padding=1).to(DEVICE)
+    ref.load_state_dict(fused.state_dict())
+    x = _rand(torch.Generator().manual_seed(3), 1, 4, 5, 5, dtype=torch.float32)
+    fused(x).square().sum().backward()
+    torch.relu(ref(x)).square().sum().backward()
+    assert torch.allclose(fused.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(fused.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_module_falls_back_for_unsupported_dtype():
+    fused = conv.FusedConv2d(3, 4, 3, padding=1, relu=True).to(DEVICE).double()
+    x = torch.randn(1, 3, 5, 5, dtype=torch.float64, device=DEVICE)
+    with torch.no_grad():
+        assert torch.allclose(fused(x), torch.relu(F.conv2d(x, fused.weight, fused.bias, 1, 1)))
+
+
+def test_fused_module_rejects_unsupported_options():
+    with pytest.raises(ValueError, match="padding"):
+        conv.FusedConv2d(3, 4, 3, padding="same")
+    with pytest.raises(ValueError, match="dilation"):
+        conv.FusedConv2d.from_conv(torch.nn.Conv2d(3, 4, 3, dilation=2))
+
+
+@settings(
+    max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)  # fmt: skip
+@given(
+    batch=st.integers(1, 2),
+    c_in_g=st.integers(1, 5),
+    c_out_g=st.integers(1, 5),
+    groups=st.integers(1, 3),
+    k=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    extra=st.tuples(st.integers(0, 5), st.integers(0, 5)),
+    small_c=st.booleans(),
+    relu=st.booleans(),
+)
+def test_random_shapes(batch, c_in_g, c_out_g, groups, k, stride, padding, extra, small_c, relu):
+    h, w = k[0] + extra[0], k[1] + extra[1]
+    x, wt, b, _ = _problem(
+        batch, c_in_g * groups, c_out_g * groups, h, w, k, groups, dtype=torch.float32, seed=batch
+    )
+    ref = _reference(x, wt, b, stride, padding, groups, relu, None)
+    y = conv._forward(
+        x,
+        wt,
+        b,
+        stride,
+        padding,
+        groups,
+        relu,
+        None,
+        out=_poisoned(ref.shape, torch.float32),
+        small_c=small_c,
+    )
+    _assert_close(y, ref, torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU only
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # batch, c_in, c_out, h, w, k, stride, padding, groups
+        (4, 3, 64, 224, 224, 7, 2, 3, 1),  # ResNet stem (small-C kernel)
+        (4, 3, 96, 224, 224, 11, 4, 2, 1),  # AlexNet conv1
+        (8, 64, 64, 56, 56, 3, 1, 1, 1),
+        (8, 256, 512, 56, 56, 1, 2, 0, 1),  # ResNet projection
+        (8, 96, 256, 27, 27, 5, 1, 2, 2),  # AlexNet conv2, grouped
+        (8, 512, 512, 14, 14, 3, 1, 1, 1),
+    ],
+    ids=["stem7x7", "alex11x11", "3x3_64", "proj1x1s2", "alex5x5g2", "3x3_512"],
+)
+def test_gpu_realistic_shapes(shape, dtype):
+    batch, c_in, c_out, h, w, k, stride, padding, groups = shape
+    x, wt, b, r = _problem(
+        batch, c_in, c_out, h, w, k, groups, dtype=dtype, residual=True, stride=stride, padding=padding
+    )
+    x = x.contiguous(memory_format=torch.channels_last)
+    ref = _reference(x, wt, b, stride, padding, groups, True, r)
+    y = conv.conv2d(x, wt, b, stride, padding, groups, relu=True, residual=r)
+    _assert_close(y, ref, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "shape",
+    [(4, 64, 96, 23, 19, 3, 1, 1, 1), (4, 3, 64, 45, 45, 7, 2, 3, 1), (4, 96, 128, 15, 15, 5, 1, 2, 2)],
+    ids=["general", "small_c", "grouped"],
+)
+def test_gpu_every_autotune_config(shape, dtype):
+    batch, c_in, c_out, h, w, k, stride, padding, groups = shape
+    results = conv.validate_configs(batch, c_in, c_out, h, w, k, stride, padding, groups, dtype=dtype)
+    bad = [r for r in results if not r.ok]
+    assert not bad, "\n".join(f"{r.kernel} {r.config}: {r.note}" for r in bad)
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_uses_tf32_like_cudnn(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    x, wt, b, _ = _problem(4, 64, 64, 28, 28, 3, 1, dtype=torch.float32, padding=1)
+    ref = _reference(x, wt, b, 1, 1, 1, True, None)
+    y = conv.conv2d_relu(x, wt, b, 1, 1)
+    rel = float((y.double().cpu() - ref).norm() / ref.norm())
+    assert rel < 5e-3
+
+
+@pytest.mark.gpu
+def test_gpu_offsets_past_2_31():
+    """An output of more than 2**31 elements: the last image must land in the right place."""
+    gen = torch.Generator().manual_seed(0)
+    x = _rand(gen, 64, 64, 260, 260, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    wt = _rand(gen, 512, 64, 1, 1, dtype=torch.bfloat16, scale=0.125)
+    y = conv.conv2d(x, wt)
+    assert y.numel() > 2**31
+    ref = _reference(x[-1:], wt, None, 1, 0, 1, False, None)
+    _assert_close(y[-1:], ref, torch.bfloat16)
