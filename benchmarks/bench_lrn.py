@@ -1,0 +1,262 @@
+"""Benchmark of the Triton local response normalisation (forward and backward) on a CUDA GPU.
+
+At AlexNet's two LRN shapes (128x96x55x55 after conv1, 128x256x27x27 after conv2) and VGG
+A-LRN's (64x64x224x224), in fp32 and bf16, NCHW and channels_last, with the paper's
+parameters (n=5, alpha=1e-4, beta=0.75, k=2), it times
+
+    Triton     archdsl's lrn kernels (autotuned); the backward is the kernel alone
+    eager      F.local_response_norm (alpha * n, since it averages), backward via autograd
+    compile    torch.compile of that same function, backward via its compiled graph
+
+with triton.testing.do_bench (median, L2 flushed before each call), and reports achieved
+bandwidth counting each tensor once (forward: read x, write y; backward: read x and dL/dy,
+write dL/dx) as a share of a plain device-to-device copy's, measured first. Before timing a
+row the Triton result is checked against a float64 reference (relative error; a mismatch
+stops the run), and unless --no-validate every autotune candidate for it is run and checked.
+
+    python benchmarks/bench_lrn.py            # 24 rows, a few minutes on an H100
+    python benchmarks/bench_lrn.py --quick    # AlexNet's first LRN shape only
+
+The markdown table goes to ``$OUT/lrn.md`` when ``OUT`` is set (rewritten after every row,
+so a run cut short still leaves its rows) and is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SHAPES = [
+    ("AlexNet LRN1", (128, 96, 55, 55)),
+    ("AlexNet LRN2", (128, 256, 27, 27)),
+    ("VGG A-LRN", (64, 64, 224, 224)),
+]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
+# The AlexNet paper's parameters, summed window (mode="sum"); F.local_response_norm averages,
+# so it gets alpha * SIZE.
+SIZE, ALPHA, BETA, K = 5, 1e-4, 0.75, 2.0
+# Relative-norm error allowed against float64: fp32 computes in fp32 (the GPU's exp2/log2 are
+# approximations good to about 2**-22); bf16 rounds its inputs' gradient and its outputs.
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+INPUT_SCALE = 10.0  # so that alpha * S is not negligible next to k in the check
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="one shape (AlexNet LRN1) only")
+    for name, choices in (("dtypes", DTYPES), ("layouts", LAYOUTS)):
+        p.add_argument(f"--{name}", default=",".join(choices),
+                       help=f"comma-separated subset of {', '.join(choices)}")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    p.add_argument("--no-validate", action="store_true", help="skip running every autotune candidate first")
+    args = p.parse_args(argv)
+    for name, allowed in (("dtypes", DTYPES), ("layouts", LAYOUTS)):
+        chosen = [v for v in getattr(args, name).split(",") if v]
+        bad = [v for v in chosen if v not in allowed]
+        if bad or not chosen:
+            p.error(f"--{name}: unknown {bad or 'empty list'}; choose from {', '.join(allowed)}")
+        setattr(args, name, chosen)
+    return args
+
+
+def bench_ms(fn) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual = actual.double()
+    if not torch.isfinite(actual).all():
+        return float("inf")
+    return ((actual - expected).norm() / expected.norm()).item()
+
+
+def copy_bandwidth_gbs() -> float:
+    """Device-to-device copy of 1 GiB, counting bytes read and written."""
+    src = torch.empty(2**28, dtype=torch.float32, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src))
+    return 2 * src.numel() * src.element_size() / ms / 1e6
+
+
+def reference(x: torch.Tensor, grad_y: torch.Tensor, lrn_reference):
+    """float64 forward and input gradient of the explicit-window reference."""
+    xd = x.detach().double().requires_grad_(True)
+    yd = lrn_reference(xd, SIZE, ALPHA, BETA, K, mode="sum")
+    (gd,) = torch.autograd.grad(yd, xd, grad_y.double())
+    return yd.detach(), gd
+
+
+def candidates(lrn_module, tuned, x: torch.Tensor):
+    """The autotune candidates the kernel would try for x (same folding as the launcher)."""
+    n, c, h, w = x.shape
+    if x.is_contiguous():
+        named = {"C": c, "P": h * w, "stride_xc": h * w}
+    else:  # channels_last: the batch folds into the pixel axis
+        named = {"C": c, "P": n * h * w, "stride_xc": 1}
+    return lrn_module._prune_configs(tuned.configs, named, SIZE=SIZE)
+
+
+def describe(config) -> str:
+    if config is None:
+        return "-"
+    return f"{config.kwargs['BLOCK_C']}x{config.kwargs['BLOCK_P']} w{config.num_warps}"
+
+
+def render(header: list[str], rows: list[list[str]]) -> str:
+    lines = header + ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+COLUMNS = [
+    "shape", "dtype", "layout", "pass", "Triton ms", "GB/s", "% of copy", "tile",
+    "eager ms", "eager / Triton", "compile ms", "compile / Triton", "rel. error",
+]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_lrn.py needs a CUDA device; none is visible (torch.cuda.is_available() is False)",
+              file=sys.stderr)
+        return 2
+
+    import triton
+
+    from archdsl.codegen.triton import lrn as lrn_module
+    from archdsl.codegen.triton.lrn import lrn_reference
+
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    copy_gbs = copy_bandwidth_gbs()
+    props = torch.cuda.get_device_properties(0)
+    header = [
+        "# LRN (Triton) vs F.local_response_norm",
+        "",
+        f"- device: {props.name} ({props.multi_processor_count} SMs, "
+        f"{props.total_memory / 2**30:.0f} GiB)",
+        f"- torch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}",
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+        f"- LRN n={SIZE}, alpha={ALPHA} (summed window), beta={BETA}, k={K}; inputs N(0, {INPUT_SCALE}^2)",
+        f"- device-to-device copy: {copy_gbs:.0f} GB/s (bytes read + written); "
+        "times are medians of triton.testing.do_bench with the L2 flushed",
+        "- GB/s counts each tensor once: forward reads x and writes y, backward reads x and dL/dy "
+        "and writes dL/dx; 'eager / Triton' and 'compile / Triton' are speed-ups (higher is better)",
+        "",
+    ]
+    rows: list[list[str]] = []
+    out_dir = os.environ.get("OUT")
+
+    def write_table() -> str:
+        text = render(header, rows)
+        if out_dir:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            Path(out_dir, "lrn.md").write_text(text)
+        return text
+
+    def fail(message: str) -> int:
+        write_table()
+        print(f"\nFAILED: {message}", file=sys.stderr)
+        return 1
+
+    def torch_lrn(x):
+        return F.local_response_norm(x, SIZE, alpha=ALPHA * SIZE, beta=BETA, k=K)
+
+    alpha = ALPHA  # mode="sum": the kernels take alpha as is
+    started = time.time()
+    for name, shape in shapes:
+        for dtype_name in args.dtypes:
+            dtype = DTYPES[dtype_name]
+            gen = torch.Generator(device="cuda").manual_seed(0)
+            x_nchw = (torch.randn(shape, device="cuda", generator=gen) * INPUT_SCALE).to(dtype)
+            g_nchw = torch.randn(shape, device="cuda", generator=gen).to(dtype)
+            y_ref, dx_ref = reference(x_nchw, g_nchw, lrn_reference)
+            numel, elem = x_nchw.numel(), x_nchw.element_size()
+
+            for layout_name in args.layouts:
+                fmt = LAYOUTS[layout_name]
+                x = x_nchw.contiguous(memory_format=fmt)
+                g = g_nchw.contiguous(memory_format=fmt)
+                label = f"{name} {'x'.join(map(str, shape))}"
+                where = f"{label} {dtype_name} {layout_name}"
+
+                for direction in ("fwd", "bwd"):
+                    tuned = lrn_module._lrn_fwd_tuned if direction == "fwd" else lrn_module._lrn_bwd_tuned
+                    if direction == "fwd":
+                        run = lambda block=None: lrn_module._lrn_forward(x, SIZE, alpha, BETA, K, block=block)
+                        expected, nbytes = y_ref, 2 * numel * elem
+                    else:
+                        run = lambda block=None: lrn_module._lrn_backward(
+                            x, g, SIZE, alpha, BETA, K, block=block)
+                        expected, nbytes = dx_ref, 3 * numel * elem
+
+                    if not args.no_validate:
+                        for cfg in candidates(lrn_module, tuned, x):
+                            block = (cfg.kwargs["BLOCK_C"], cfg.kwargs["BLOCK_P"], cfg.num_warps)
+                            err = relative_error(run(block), expected)
+                            if not err <= TOLERANCE[dtype]:
+                                return fail(f"{where} {direction} tile {describe(cfg)}: "
+                                            f"relative error {err:.3g}")
+
+                    result = run()
+                    err = relative_error(result, expected)
+                    if not err <= TOLERANCE[dtype]:
+                        return fail(f"{where} {direction}: relative error {err:.3g} > {TOLERANCE[dtype]:.0e}")
+                    if not result.is_contiguous(memory_format=fmt):
+                        return fail(f"{where} {direction}: result not in the input's memory format")
+                    del result
+                    ms = bench_ms(run)
+                    tile = describe(getattr(tuned, "best_config", None))
+
+                    # Baselines. Backward: the autograd graph of one forward, replayed.
+                    torch._dynamo.reset()
+                    compiled_lrn = None if args.no_compile else torch.compile(torch_lrn, dynamic=False)
+                    if direction == "fwd":
+                        eager_ms = bench_ms(lambda: torch_lrn(x))
+                        compile_ms = bench_ms(lambda: compiled_lrn(x)) if compiled_lrn else None
+                    else:
+                        xr = x.detach().requires_grad_(True)
+                        y_eager = torch_lrn(xr)
+                        eager_ms = bench_ms(lambda: torch.autograd.grad(y_eager, xr, g, retain_graph=True))
+                        del y_eager
+                        compile_ms = None
+                        if compiled_lrn:
+                            y_comp = compiled_lrn(xr)
+                            compile_ms = bench_ms(
+                                lambda: torch.autograd.grad(y_comp, xr, g, retain_graph=True))
+                            del y_comp
+                        del xr
+                    torch.cuda.empty_cache()
+
+                    gbs = nbytes / ms / 1e6
+                    rows.append([
+                        label, dtype_name, layout_name, direction, f"{ms:.3f}", f"{gbs:.0f}",
+                        f"{100 * gbs / copy_gbs:.0f}%", tile, f"{eager_ms:.3f}", f"{eager_ms / ms:.2f}x",
+                        "-" if compile_ms is None else f"{compile_ms:.3f}",
+                        "-" if compile_ms is None else f"{compile_ms / ms:.2f}x",
+                        f"{err:.1e}",
+                    ])
+                    write_table()
+                    print(f"[{time.time() - started:6.0f}s] {where} {direction}: {ms:.3f} ms, {gbs:.0f} GB/s "
+                          f"({100 * gbs / copy_gbs:.0f}% of copy), eager {eager_ms / ms:.2f}x",
+                          file=sys.stderr, flush=True)
+            del x_nchw, g_nchw, y_ref, dx_ref
+            torch.cuda.empty_cache()
+
+    print(write_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

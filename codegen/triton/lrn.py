@@ -1,0 +1,494 @@
+"""Local response normalisation (AlexNet's LRN, VGG's A-LRN) as Triton kernels.
+
+For an (N, C, H, W) input and a window of ``size`` = n neighbouring channels,
+
+    b_c = a_c / (k + alpha' * S_c) ** beta,        S_c = sum_{j = c - n//2}^{c + (n-1)//2} a_j ** 2
+
+with the window clipped at the first and last channel. ``mode="sum"`` (the default) is the
+published AlexNet formula, alpha' = alpha. ``mode="avg"`` is what PyTorch's
+``F.local_response_norm`` and Caffe compute, alpha' = alpha / n. For odd n the window is
+centred; for even n it reaches n//2 channels below and (n-1)//2 above, exactly as PyTorch pads
+it.
+
+Public entry points:
+
+* :func:`lrn` -- the Triton kernels, differentiable through a ``torch.autograd.Function``.
+* :func:`lrn_reference` -- an explicit-window PyTorch version, computed in the input's dtype
+  (the tests run it in float64).
+* :func:`lrn_torch` -- ``F.local_response_norm`` with alpha converted for ``mode``.
+* :class:`LocalResponseNorm` -- the module the compiler's backends instantiate.
+
+Kernel layout. A tensor is walked as (batch, channel, pixel), with pixel p = h * W + w under a
+single stride: that covers NCHW-contiguous input (pixels contiguous) and channels_last input
+(channels contiguous) without copying, and the output is allocated in the input's memory
+format. Each program owns a [BLOCK_C, BLOCK_P] tile: a chunk of channels (all of them when C
+is small enough, which is the common case) by a block of pixels. Triton's coalescing pass
+orders the tile along whichever of the two axes has unit stride, so the same kernel reads
+NCHW rows of pixels and channels_last rows of channels with full-width transactions.
+
+Window sums. Triton has no register shift, so the sum over n neighbouring channels is built
+from n loads of the tile shifted by -n//2 .. (n-1)//2 channels. Only the unshifted tile and
+its halo (none when the chunk holds all channels) need to come from DRAM; the shifted re-reads
+are of lines the program has just loaded, so they are served by L1. That keeps the forward at
+one read of x and one write of y per element, and the sum is formed directly (no running sum
+with subtractions, so no cancellation when a large activation leaves the window).
+
+Backward. dx_j needs d_i = k + alpha' * S_i for every i whose window contains j, so the kernel
+recomputes them from x: 2n-1 shifted loads of x and n of the upstream gradient per tile (the
+compiler merges repeated shifts), n powers per element. Only x is saved for it; see
+``_LRNFunction``. All arithmetic is fp32 whatever the storage type, and for beta = 3/4 the
+powers come from reciprocal square roots instead of exp2/log2 (``_rpow``).
+"""
+
+import numbers
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+__all__ = ["lrn", "lrn_reference", "lrn_torch", "LocalResponseNorm"]
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+_MODES = ("sum", "avg")
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_shifted(ptrs, offs_c, shift, C, mask_p, stride_c):
+    """Load, as fp32, the tile `shift` channels away from the one `ptrs` points at.
+
+    `ptrs` is the [BLOCK_C, BLOCK_P] pointer tile for channels `offs_c`, `stride_c` an int64
+    scalar. Channels outside [0, C) read as 0, which is what clips the window at the edges.
+    Calls with the same `shift` build identical expressions, so the compiler merges their loads.
+    """
+    c = offs_c + shift
+    mask = ((c >= 0) & (c < C))[:, None] & mask_p[None, :]
+    return tl.load(ptrs + shift * stride_c, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _window_sumsq(ptrs, offs_c, shift, C, mask_p, stride_c, SIZE: tl.constexpr):
+    """Sum of x^2 over the LRN window of the channels `shift` away from `offs_c`."""
+    LO: tl.constexpr = SIZE // 2
+    acc = _load_shifted(ptrs, offs_c, shift - LO, C, mask_p, stride_c)
+    acc = acc * acc
+    for r in tl.static_range(1, SIZE):
+        v = _load_shifted(ptrs, offs_c, shift + r - LO, C, mask_p, stride_c)
+        acc += v * v
+    return acc
+
+
+@triton.jit
+def _rpow(d, beta, EXTRA: tl.constexpr, BETA_IS_3_4: tl.constexpr):
+    """d ** -(beta + EXTRA) for d > 0, EXTRA a small non-negative integer.
+
+    For beta = 3/4, which is what LRN is used with, this takes two reciprocal square roots,
+    d^-3/4 = d^-1/2 * (d^1/2)^-1/2, rather than exp2 of a full-precision log2 (a polynomial of
+    some two dozen instructions: it would dominate the backward, which needs SIZE powers per
+    element).
+    """
+    if BETA_IS_3_4:
+        r = tl.rsqrt(d)
+        p = r * tl.rsqrt(d * r)
+        for _ in tl.static_range(EXTRA):
+            p = p * (r * r)
+        return p
+    else:
+        return tl.exp2(-(beta + EXTRA) * tl.log2(d))
+
+
+def _tile_configs(max_block_c, elems_per_thread, interpret=_INTERPRET):
+    """Autotuning space: channel chunk, pixel block and warps per program.
+
+    `elems_per_thread` bounds the tile to what fits in registers: the forward holds its n
+    shifted tiles of x at once (they are all loaded up front), the backward 2n-1 of x and n of
+    the gradient, so it gets tiles a quarter the size. `_prune_configs`
+    then narrows the space to the shape at hand. Under the interpreter autotuning would run
+    every config, so there is a single one; its small channel chunk makes C > 16 take the
+    chunked path (halo loads across chunk boundaries), which the tests then cover.
+    """
+    if interpret:
+        return [triton.Config({"BLOCK_C": 16, "BLOCK_P": 16}, num_warps=1)]
+    configs = []
+    for num_warps in (4, 8):
+        for per_thread in elems_per_thread:
+            tile = per_thread * 32 * num_warps
+            block_c = 1
+            while block_c <= max_block_c and block_c <= tile:
+                meta = {"BLOCK_C": block_c, "BLOCK_P": tile // block_c}
+                configs.append(triton.Config(meta, num_warps=num_warps))
+                block_c *= 2
+    return configs
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Keep the tilings that suit this shape and layout.
+
+    The channel chunk is all channels (rounded up to a power of two) when they fit, so that no
+    program re-reads a neighbour's channels; with channels_last (unit channel stride) that is
+    also what makes the tile one contiguous run of memory. With NCHW the pixels are
+    contiguous: a narrower chunk of 32 channels is tried as well, and pixel rows shorter than
+    16 elements (less than a 32-byte sector in 16-bit types) are dropped unless the image is
+    that small. Pixel blocks much longer than the image are dropped too.
+    """
+    args = {**named_args, **kwargs}
+    channels, pixels = args["C"], args["P"]
+    full = min(triton.next_power_of_2(channels), max(cfg.kwargs["BLOCK_C"] for cfg in configs))
+    if args["stride_xc"] == 1:
+        chunks, min_block_p = {full}, 1
+    else:
+        chunks, min_block_p = {full, min(full, 32)}, min(16, triton.next_power_of_2(pixels))
+    candidates = [cfg for cfg in configs if cfg.kwargs["BLOCK_C"] in chunks]
+    max_block_p = max(triton.next_power_of_2(pixels), min(cfg.kwargs["BLOCK_P"] for cfg in candidates))
+    kept = [cfg for cfg in candidates if min_block_p <= cfg.kwargs["BLOCK_P"] <= max_block_p]
+    return kept or candidates
+
+
+# The key names every shape argument the kernels specialise on; the layout enters through
+# the channel and pixel strides (one of them is 1), and Triton adds the tensors' dtypes.
+_AUTOTUNE_KEY = ["N", "C", "P", "stride_xc", "stride_xp", "SIZE"]
+
+
+@triton.jit
+def _lrn_fwd_kernel(
+    # Pointers to the input and the output
+    X, Y,
+    # Sizes: batch, channels, pixels per image (H * W, or N * H * W with the batch folded in)
+    N, C, P,
+    # Strides, in elements, over (batch, channel, pixel)
+    stride_xn, stride_xc, stride_xp,
+    stride_yn, stride_yc, stride_yp,
+    # Normalisation parameters; alpha is already divided by SIZE in "avg" mode
+    alpha, beta, k,
+    # Meta-parameters
+    SIZE: tl.constexpr,         # channels in the window (n)
+    BETA_IS_3_4: tl.constexpr,  # beta == 0.75: powers from reciprocal square roots
+    BLOCK_C: tl.constexpr,      # channels per tile
+    BLOCK_P: tl.constexpr,      # pixels per tile
+):
+    # Axis 0 enumerates (image, pixel block) pairs, axis 1 the channel chunks. Offsets are
+    # int64 (program ids, indices and strides cast before any product) so that tensors past
+    # 2**31 elements are addressed exactly.
+    pid = tl.program_id(0)
+    num_p_blocks = tl.cdiv(P, BLOCK_P)
+    pid_n = (pid // num_p_blocks).to(tl.int64)
+    pid_p = (pid % num_p_blocks).to(tl.int64)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    stride_xc = tl.cast(stride_xc, tl.int64)
+    x_ptrs = (X + pid_n * stride_xn
+              + offs_c.to(tl.int64)[:, None] * stride_xc + (offs_p * stride_xp)[None, :])
+
+    # S_c = sum of x^2 over the window, from SIZE shifted loads (all but one hit the cache).
+    sumsq = _window_sumsq(x_ptrs, offs_c, 0, C, mask_p, stride_xc, SIZE)
+    x = _load_shifted(x_ptrs, offs_c, 0, C, mask_p, stride_xc)  # merged with a load above
+
+    # y = x * (k + alpha * S)^(-beta), in fp32 whatever the storage type.
+    y = x * _rpow(k + alpha * sumsq, beta, 0, BETA_IS_3_4)
+
+    y_ptrs = (Y + pid_n * stride_yn
+              + offs_c.to(tl.int64)[:, None] * stride_yc + (offs_p * stride_yp)[None, :])
+    mask = (offs_c < C)[:, None] & mask_p[None, :]
+    tl.store(y_ptrs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _lrn_bwd_kernel(
+    # Pointers to the saved input, the upstream gradient and the input gradient
+    X, G, DX,
+    # Sizes: batch, channels, pixels per image (H * W, or N * H * W with the batch folded in)
+    N, C, P,
+    # Strides, in elements, over (batch, channel, pixel)
+    stride_xn, stride_xc, stride_xp,
+    stride_gn, stride_gc, stride_gp,
+    stride_dn, stride_dc, stride_dp,
+    # Normalisation parameters; alpha is already divided by SIZE in "avg" mode
+    alpha, beta, k,
+    # Meta-parameters
+    SIZE: tl.constexpr,         # channels in the window (n)
+    BETA_IS_3_4: tl.constexpr,  # beta == 0.75: powers from reciprocal square roots
+    BLOCK_C: tl.constexpr,      # channels per tile
+    BLOCK_P: tl.constexpr,      # pixels per tile
+):
+    # With d_i = k + alpha * S_i and y_i = x_i * d_i^-beta:
+    #   dx_j = g_j * d_j^-beta - 2 * beta * alpha * x_j * sum_{i : j in window(i)} g_i x_i d_i^(-beta-1)
+    # window(i) = [i - SIZE//2, i + (SIZE-1)//2], so j is in window(i) iff
+    # i is in [j - (SIZE-1)//2, j + SIZE//2]: the transposed window, which differs from
+    # window(j) when SIZE is even. d is recomputed from x (nothing but x is saved).
+    HI: tl.constexpr = (SIZE - 1) // 2
+
+    pid = tl.program_id(0)
+    num_p_blocks = tl.cdiv(P, BLOCK_P)
+    pid_n = (pid // num_p_blocks).to(tl.int64)
+    pid_p = (pid % num_p_blocks).to(tl.int64)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    stride_xc = tl.cast(stride_xc, tl.int64)
+    stride_gc = tl.cast(stride_gc, tl.int64)
+    x_ptrs = (X + pid_n * stride_xn
+              + offs_c.to(tl.int64)[:, None] * stride_xc + (offs_p * stride_xp)[None, :])
+    g_ptrs = (G + pid_n * stride_gn
+              + offs_c.to(tl.int64)[:, None] * stride_gc + (offs_p * stride_gp)[None, :])
+
+    # Each of the SIZE channels i of the transposed window needs its own d_i, i.e. its own
+    # window of x: x is read at 2*SIZE-1 distinct shifts (the repeats are merged), all from
+    # the cache except the tile and its halo.
+    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    for s in tl.static_range(SIZE):
+        shift = s - HI
+        d_i = k + alpha * _window_sumsq(x_ptrs, offs_c, shift, C, mask_p, stride_xc, SIZE)
+        x_i = _load_shifted(x_ptrs, offs_c, shift, C, mask_p, stride_xc)
+        g_i = _load_shifted(g_ptrs, offs_c, shift, C, mask_p, stride_gc)
+        term = g_i * x_i * _rpow(d_i, beta, 1, BETA_IS_3_4)
+        # Channels outside [0, C) load as 0, but d_i^(-beta-1) is inf there when k == 0.
+        c_i = offs_c + shift
+        acc += tl.where(((c_i >= 0) & (c_i < C))[:, None], term, 0.0)
+
+    # The centre (i = j) again; these loads and the power merge with the loop's s == HI step.
+    d = k + alpha * _window_sumsq(x_ptrs, offs_c, 0, C, mask_p, stride_xc, SIZE)
+    x = _load_shifted(x_ptrs, offs_c, 0, C, mask_p, stride_xc)
+    g = _load_shifted(g_ptrs, offs_c, 0, C, mask_p, stride_gc)
+    p = _rpow(d, beta, 1, BETA_IS_3_4)  # d^(-beta-1); d^-beta = d * p saves a power
+    dx = g * (d * p) - 2.0 * beta * alpha * x * acc
+
+    dx_ptrs = (DX + pid_n * stride_dn
+               + offs_c.to(tl.int64)[:, None] * stride_dc + (offs_p * stride_dp)[None, :])
+    mask = (offs_c < C)[:, None] & mask_p[None, :]
+    tl.store(dx_ptrs, dx.to(DX.dtype.element_ty), mask=mask)
+
+
+_lrn_fwd_tuned = triton.autotune(
+    configs=_tile_configs(max_block_c=256, elems_per_thread=(8, 16)),
+    key=_AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": _prune_configs},
+)(_lrn_fwd_kernel)
+
+_lrn_bwd_tuned = triton.autotune(
+    configs=_tile_configs(max_block_c=128, elems_per_thread=(2, 4)),
+    key=_AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": _prune_configs},
+)(_lrn_bwd_kernel)
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_args(x, size, mode, *, need_kernel):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"lrn: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"lrn: expected a 4-D (N, C, H, W) tensor, got {x.dim()}-D with shape {tuple(x.shape)}"
+        )
+    if need_kernel and x.dtype not in _DTYPES:
+        raise TypeError(f"lrn: expected a float16, bfloat16 or float32 tensor, got {x.dtype}")
+    if not x.is_floating_point():
+        raise TypeError(f"lrn: expected a floating-point tensor, got {x.dtype}")
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+        raise TypeError(f"lrn: size must be an int, got {type(size).__name__}")
+    if size < 1:
+        raise ValueError(f"lrn: size (channels in the window) must be >= 1, got {size}")
+    if mode not in _MODES:
+        raise ValueError(f"lrn: mode must be 'sum' (AlexNet paper) or 'avg' (PyTorch/Caffe), got {mode!r}")
+    if need_kernel and not x.is_cuda and not _INTERPRET:
+        raise ValueError(
+            f"lrn: the Triton kernel needs a CUDA tensor, got one on {x.device}; "
+            "set TRITON_INTERPRET=1 before importing to run it on the CPU, or use lrn_torch"
+        )
+
+
+def _effective_alpha(alpha, size, mode):
+    return alpha / size if mode == "avg" else alpha
+
+
+def _memory_format(x):
+    """The memory format to produce results in: the input's own when it is dense."""
+    if not x.is_contiguous() and (x.is_contiguous(memory_format=torch.channels_last) or x.stride(1) == 1):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _ncp_strides(t):
+    """(stride_n, stride_c, stride_p) when H and W can be walked as one pixel index
+    p = h * W + w with a single stride, else None."""
+    _, _, h, w = t.shape
+    stride_n, stride_c, stride_h, stride_w = t.stride()
+    if w == 1:
+        return stride_n, stride_c, stride_h
+    if h == 1 or stride_h == w * stride_w:
+        return stride_n, stride_c, stride_w
+    return None
+
+
+def _kernel_view(tensors, fmt):
+    """Make each tensor walkable as (batch, channel, pixel) (copying only those that are not)
+    and fold the batch into the pixel axis when every tensor allows it (channels_last does).
+
+    Returns the tensors, (N, C, P) and a flat list of their strides.
+    """
+    tensors = [t if _ncp_strides(t) is not None else t.contiguous(memory_format=fmt) for t in tensors]
+    n, c, h, w = tensors[0].shape
+    pixels = h * w
+    strides = [_ncp_strides(t) for t in tensors]
+    if n > 1 and all(sn == pixels * sp for sn, _, sp in strides):
+        strides = [(0, sc, sp) for _, sc, sp in strides]
+        n, pixels = 1, n * pixels
+    return tensors, (n, c, pixels), [s for triple in strides for s in triple]
+
+
+def _launch(tuned, kernel, tensors, out, sizes, strides, params, size, block):
+    n, c, pixels = sizes
+    args = (*tensors, out, n, c, pixels, *strides, *params)
+    beta_is_3_4 = params[1] == 0.75
+    if block is None:
+        grid = lambda meta: (n * triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))
+        tuned[grid](*args, SIZE=size, BETA_IS_3_4=beta_is_3_4)
+    else:
+        # Explicit tiling (tests): block = (BLOCK_C, BLOCK_P) or (BLOCK_C, BLOCK_P, num_warps).
+        block_c, block_p, *warps = block
+        grid = (n * triton.cdiv(pixels, block_p), triton.cdiv(c, block_c))
+        kernel[grid](*args, SIZE=size, BETA_IS_3_4=beta_is_3_4, BLOCK_C=block_c, BLOCK_P=block_p,
+                     num_warps=(warps or [4])[0])
+
+
+def _output(x, fmt, out):
+    if out is None:
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    if out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous(memory_format=fmt):
+        raise ValueError("lrn: out must match x in shape, dtype and memory format")
+    return out
+
+
+def _lrn_forward(x, size, alpha, beta, k, block=None, out=None):
+    """y = LRN(x) with alpha already converted for the mode; y in x's memory format.
+
+    `block` forces a tiling instead of autotuning and `out` supplies the output buffer; both
+    exist for the tests.
+    """
+    fmt = _memory_format(x)
+    y = _output(x, fmt, out)
+    if y.numel() == 0:
+        return y
+    (x_k, y_k), sizes, strides = _kernel_view([x, y], fmt)
+    assert y_k is y  # dense in `fmt`, so never copied
+    _launch(_lrn_fwd_tuned, _lrn_fwd_kernel, [x_k], y, sizes, strides,
+            (float(alpha), float(beta), float(k)), size, block)
+    return y
+
+
+def _lrn_backward(x, grad_y, size, alpha, beta, k, block=None, out=None):
+    """dx given x and dL/dy, with alpha already converted for the mode; dx in x's format."""
+    fmt = _memory_format(x)
+    dx = _output(x, fmt, out)
+    if dx.numel() == 0:
+        return dx
+    grad_y = grad_y.to(x.dtype)
+    (x_k, g_k, dx_k), sizes, strides = _kernel_view([x, grad_y, dx], fmt)
+    assert dx_k is dx
+    _launch(_lrn_bwd_tuned, _lrn_bwd_kernel, [x_k, g_k], dx, sizes, strides,
+            (float(alpha), float(beta), float(k)), size, block)
+    return dx
+
+
+class _LRNFunction(torch.autograd.Function):
+    # Saves x only and recomputes d = k + alpha * S in the backward: saving d instead would cost
+    # an extra full-size write in the forward and read in the backward (in fp32 to keep its
+    # precision), while the backward has to read x anyway and the window sums come from cache.
+
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k):
+        ctx.save_for_backward(x)
+        ctx.params = (size, alpha, beta, k)
+        return _lrn_forward(x, size, alpha, beta, k)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        (x,) = ctx.saved_tensors
+        size, alpha, beta, k = ctx.params
+        grad_x = _lrn_backward(x, grad_y, size, alpha, beta, k) if ctx.needs_input_grad[0] else None
+        return grad_x, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0, mode="sum"):
+    """Local response normalisation across channels of an (N, C, H, W) tensor, in Triton.
+
+    ``mode="sum"`` divides by (k + alpha * sum of squares over the window)^beta, as in the
+    AlexNet paper (whose defaults these are: n=5, alpha=1e-4, beta=0.75, k=2);
+    ``mode="avg"`` uses alpha / size, like ``F.local_response_norm`` and Caffe.
+
+    Accepts float16, bfloat16 and float32 (computed in float32), NCHW or channels_last; the
+    result has the input's dtype and memory format. Differentiable.
+    """
+    _check_args(x, size, mode, need_kernel=True)
+    size = int(size)
+    return _LRNFunction.apply(x, size, _effective_alpha(alpha, size, mode), beta, k)
+
+
+def lrn_reference(x, size=5, alpha=1e-4, beta=0.75, k=2.0, mode="sum"):
+    """LRN by an explicit window sum, in the input's dtype (run it in float64 as a reference)."""
+    _check_args(x, size, mode, need_kernel=False)
+    channels = x.shape[1]
+    squares = x * x
+    # Pad the channel dim (the third pair of F.pad's (W, W, H, H, C, C) widths) as PyTorch
+    # does: size//2 channels before, (size-1)//2 after.
+    padded = F.pad(squares, (0, 0, 0, 0, size // 2, (size - 1) // 2))
+    window_sum = sum(padded[:, j : j + channels] for j in range(size))
+    return x / (k + _effective_alpha(alpha, size, mode) * window_sum) ** beta
+
+
+def lrn_torch(x, size=5, alpha=1e-4, beta=0.75, k=2.0, mode="sum"):
+    """LRN through ``F.local_response_norm`` (which averages), alpha converted for ``mode``."""
+    _check_args(x, size, mode, need_kernel=False)
+    return F.local_response_norm(x, size, alpha=alpha * size if mode == "sum" else alpha, beta=beta, k=k)
+
+
+class LocalResponseNorm(torch.nn.Module):
+    """LRN across channels, ``b_c = a_c / (k + alpha' * sum_window a^2)^beta``.
+
+    ``mode="sum"`` (alpha' = alpha, the AlexNet paper) or ``"avg"`` (alpha' = alpha / size,
+    PyTorch and Caffe). ``backend="triton"`` runs the Triton kernels on CUDA inputs (on any
+    input when TRITON_INTERPRET=1); everything else goes through ``F.local_response_norm``.
+    """
+
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, mode="sum", backend="triton"):
+        super().__init__()
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+            raise ValueError(f"LocalResponseNorm: size must be an int >= 1, got {size!r}")
+        if mode not in _MODES:
+            raise ValueError(f"LocalResponseNorm: mode must be 'sum' or 'avg', got {mode!r}")
+        if backend not in ("triton", "torch"):
+            raise ValueError(f"LocalResponseNorm: backend must be 'triton' or 'torch', got {backend!r}")
+        self.size = int(size)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.k = float(k)
+        self.mode = mode
+        self.backend = backend
+
+    def forward(self, x):
+        if self.backend == "triton" and (x.is_cuda or _INTERPRET):
+            return lrn(x, self.size, self.alpha, self.beta, self.k, self.mode)
+        return lrn_torch(x, self.size, self.alpha, self.beta, self.k, self.mode)
+
+    def extra_repr(self):
+        return (f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "
+                f"mode={self.mode!r}, backend={self.backend!r}")
