@@ -22,12 +22,23 @@ class Span:
         """The source line with a caret (or a run of carets) under the span."""
         if not self.text:
             return ""
-        line = self.text.rstrip("\n").expandtabs(1)
+        line = self.text.rstrip("\r\n").expandtabs(1)
+        # Control characters would reach the terminal as they are: show them as '?'.
+        line = "".join(ch if ch.isprintable() else "?" for ch in line)
+        column = self.column
+        if len(line) > _EXCERPT:  # a window of a long line, around the column
+            start = max(0, min(column - 1 - _EXCERPT // 2, len(line) - _EXCERPT))
+            line = ("..." if start else "") + line[start:start + _EXCERPT] + \
+                ("..." if start + _EXCERPT < len(line) else "")
+            column = column - start + (3 if start else 0)
         width = 1
         if self.end_column is not None and self.end_column > self.column:
             width = self.end_column - self.column
-        width = max(1, min(width, len(line) - self.column + 1))
-        return f"    {line}\n    {' ' * (self.column - 1)}{'^' * width}"
+        width = max(1, min(width, len(line) - column + 1))
+        return f"    {line}\n    {' ' * (column - 1)}{'^' * width}"
+
+
+_EXCERPT = 100  # characters of a source line shown under an error
 
 
 class SpecError(Exception):

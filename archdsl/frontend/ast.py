@@ -103,6 +103,7 @@ class Residual:
     body: tuple["Stmt", ...]
     span: Span = field(compare=False)
     repeat: Expr | None = None
+    end_line: int = field(default=0, compare=False)  # the line of the closing brace
 
 
 Stmt = Union[Layer, Call, Residual]
@@ -122,6 +123,7 @@ class BlockDef:
     params: tuple[Param, ...]
     body: tuple[Stmt, ...]
     span: Span = field(compare=False)
+    end_line: int = field(default=0, compare=False)  # the line of the closing brace
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ class NetDef:
     input_shape: Shape | None
     body: tuple[Stmt, ...]
     span: Span = field(compare=False)
+    end_line: int = field(default=0, compare=False)  # the line of the closing brace
 
 
 @dataclass(frozen=True)
@@ -140,8 +143,17 @@ class Import:
 
 
 @dataclass(frozen=True)
+class Comment:
+    """``# ...`` (the text includes the ``#``); kept so that the canonical printer keeps it."""
+
+    text: str
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
 class SpecFile:
     file: str
     imports: tuple[Import, ...]
     blocks: tuple[BlockDef, ...]
     nets: tuple[NetDef, ...]
+    comments: tuple[Comment, ...] = field(default=(), compare=False)

@@ -13,8 +13,6 @@ addition), or where it ends the net.**
 
 from __future__ import annotations
 
-import math
-
 from archdsl.errors import Span, SpecError
 from archdsl.frontend import ast
 from archdsl.frontend.layers import layer_op
@@ -49,6 +47,9 @@ class Builder:
         self.instances: dict[str, int] = {}
         self.current = ""
         self.pending: tuple[Span, _Scope] | None = None  # an implied ReLU waiting for its place
+        self.steps = 0  # expansion work so far (limit max_steps)
+        self.depth = 0  # block calls and residual units being expanded (limit max_nesting)
+        self.weights: dict[int, int] = {}  # statement or block (by id) -> its weight in steps
 
     # -- nodes -------------------------------------------------------------------------------
     def emit(self, op: Op, attrs: dict, span: Span, scope: _Scope, args=None, base: str | None = None) -> str:
@@ -72,10 +73,31 @@ class Builder:
             self.pending = None
             self.emit(Op.RELU, {}, span, scope)
 
+    # -- work ------------------------------------------------------------------------------
+    def charge(self, node, span: Span) -> None:
+        """Count the work of expanding one statement (or binding one block's defaults): one step
+        plus one per expression node it evaluates. Repeats of blocks that emit few or no ops
+        (``block a() { relu x0 }`` called ``x10000`` in a block called ``x10000``) end here."""
+        weight = self.weights.get(id(node))
+        if weight is None:
+            weight = self.weights[id(node)] = 1 + sum(_size(e) for e in _expressions(node))
+        self.steps += weight
+        if self.steps > self.limits.max_steps:
+            raise SpecError(f"expanding the net takes more than {self.limits.max_steps} steps (limit max_steps): "
+                            "repeats of repeated blocks multiply", span)
+
+    def enter(self, span: Span) -> None:
+        self.depth += 1
+        if self.depth > self.limits.max_nesting:
+            raise SpecError(f"block calls and residual units nested more than {self.limits.max_nesting} deep "
+                            "(limit max_nesting)", span)
+
     # -- statements ------------------------------------------------------------------------
     def body(self, stmts, env: dict[str, Value], scope: _Scope) -> None:
         for stmt in stmts:
+            self.charge(stmt, stmt.span)
             for _ in range(self.repeats(stmt, env)):
+                self.charge(stmt, stmt.span)
                 if isinstance(stmt, ast.Layer):
                     self.layer(stmt, env, scope)
                 elif isinstance(stmt, ast.Call):
@@ -118,6 +140,7 @@ class Builder:
         if len(scope.calls) >= self.limits.max_call_depth:
             raise SpecError(f"blocks nested more than {self.limits.max_call_depth} deep (limit max_call_depth)",
                             call.span)
+        self.charge(block, call.span)
         local = bind(block.params, call.args, call.kwargs, env, call.span, f"block {block.name!r}")
         instance = self.instances[call.name] = self.instances.get(call.name, 0) + 1
         inner = _Scope(
@@ -125,10 +148,12 @@ class Builder:
             f"{call.name}{instance}_",
             scope.calls + (call.name,),
         )
+        self.enter(call.span)
         try:
             self.body(block.body, local, inner)
         except SpecError as err:
             raise err.with_note(f"in block {call.name!r} called here", call.span) from None
+        self.depth -= 1
 
     def residual(self, res: ast.Residual, env, scope: _Scope) -> None:
         options = {o.name: o for o in res.options}
@@ -139,7 +164,9 @@ class Builder:
         act = _choice(options.get("act"), env, "relu", ("relu", "none"))
         self.flush()
         x = self.current
+        self.enter(res.span)
         self.body(res.body, env, scope)
+        self.depth -= 1
         self.pending = None  # the branch ends without its activation; it follows the addition
         branch = self.current
         if branch == x:
@@ -156,7 +183,7 @@ class Builder:
             return x
         if kind == "identity":
             return x  # the add reports the mismatch, with both shapes
-        stride = _subsampling(s_in, s_out)
+        stride = _subsampling(s_in, s_out, self.branch_stride(x, branch))
         if stride is None:
             raise SpecError(
                 f"no shortcut can map the residual input {s_in} to the branch output {s_out}: "
@@ -171,15 +198,65 @@ class Builder:
         self.emit(Op.CONV, conv, span, scope, args=(x,), base="proj")
         return self.emit(Op.BATCHNORM, {"eps": 1e-5}, span, scope, base="proj_bn")
 
+    def branch_stride(self, x: str, branch: str) -> int | None:
+        """The stride of a residual branch from ``x`` to ``branch``: the product of the strides on
+        its path (None if the path has no single stride, e.g. global pooling)."""
+        sh = sw = 1
+        node = branch
+        while node != x:
+            data = self.graph.nodes[node]
+            op, attrs = data["op"], data["attrs"]
+            if op in (Op.CONV, Op.MAXPOOL, Op.AVGPOOL):
+                sh, sw = sh * attrs["stride"][0], sw * attrs["stride"][1]
+            elif op is Op.SHORTCUT_PAD:
+                sh, sw = sh * attrs["stride"], sw * attrs["stride"]
+            elif op in (Op.GLOBAL_AVGPOOL, Op.LINEAR):
+                return None
+            node = data["args"][0]
+        return sh if sh == sw else None
 
-def _subsampling(s_in: Shape, s_out: Shape) -> int | None:
-    """The stride that takes s_in's map to s_out's, or None if there is none."""
+
+def _subsampling(s_in: Shape, s_out: Shape, hint: int | None = None) -> int | None:
+    """The stride that takes s_in's map to s_out's (``hint``, the branch's own stride, if it
+    does; else the smallest that does), or None if there is none."""
     if not (s_in.is_map and s_out.is_map):
         return None
-    stride = max(1, round(s_in.h / s_out.h))
-    if math.ceil(s_in.h / stride) == s_out.h and math.ceil(s_in.w / stride) == s_out.w:
-        return stride
-    return None
+
+    def fits(stride: int) -> bool:
+        return -(-s_in.h // stride) == s_out.h and -(-s_in.w // stride) == s_out.w
+
+    if hint is not None and fits(hint):
+        return hint
+    # ceil(h / s) == h_out holds for h / h_out <= s < h / (h_out - 1): the smallest is ceil(h / h_out).
+    stride = max(1, -(-s_in.h // s_out.h), -(-s_in.w // s_out.w))
+    return stride if fits(stride) else None
+
+
+def _expressions(node) -> list:
+    """The expressions a statement evaluates each time it is expanded (not those of the
+    statements in its body), or the parameter defaults of a block."""
+    if isinstance(node, ast.BlockDef):
+        return [p.default for p in node.params if p.default is not None]
+    found = [node.repeat]
+    if isinstance(node, ast.Layer):
+        found += [node.width, node.stride]
+    if isinstance(node, ast.Call):
+        found += list(node.args) + [o.value for o in node.kwargs]
+    found += [o.value for o in getattr(node, "options", ())]
+    return [e for e in found if e is not None]
+
+
+def _size(expr) -> int:
+    """The number of nodes of an expression."""
+    count, stack = 0, [expr]
+    while stack:
+        e = stack.pop()
+        count += 1
+        if isinstance(e, ast.BinOp):
+            stack += [e.left, e.right]
+        elif isinstance(e, (ast.Neg, ast.Braced)):
+            stack.append(e.operand if isinstance(e, ast.Neg) else e.expr)
+    return count
 
 
 def _choice(option: ast.Option | None, env, default: str, choices: tuple[str, ...]) -> str:
@@ -226,6 +303,8 @@ def build(program: Program, net: ast.NetDef, overrides: dict[str, Value], input_
     for key, value in overrides.items():
         if not isinstance(value, (bool, int, float, str)):
             raise SpecError(f"parameter {key!r} must be a number, a bool or a word, found {value!r}", net.span)
+        if not isinstance(value, (bool, str)) and not abs(value) <= 2**62:
+            raise SpecError(f"parameter {key!r} is out of range", net.span)
     values = {}
     for param in net.params:
         if param.name in overrides:

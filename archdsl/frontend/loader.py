@@ -43,12 +43,22 @@ class Program:
 
 
 def read_source(path: Path, limits: Limits, span: Span | None = None) -> str:
+    """The text of a spec file. Errors point at ``span`` (the import that names the file), or
+    at the start of the file itself."""
+    span = span or Span(str(path), 1, 1)
     try:
+        if not path.is_file():
+            raise SpecError(f"{path} is not a file", span)
         size = path.stat().st_size
         if size > limits.max_source_bytes:
             raise SpecError(f"{path} is {size} bytes, over the limit of {limits.max_source_bytes} "
                             "(limit max_source_bytes)", span)
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as f:  # at most the limit, should the file grow meanwhile
+            data = f.read(limits.max_source_bytes + 1)
+        if len(data) > limits.max_source_bytes:
+            raise SpecError(f"{path} is over the limit of {limits.max_source_bytes} bytes "
+                            "(limit max_source_bytes)", span)
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise SpecError(f"{path} is not UTF-8 text", span) from None
     except OSError as err:
@@ -57,47 +67,67 @@ def read_source(path: Path, limits: Limits, span: Span | None = None) -> str:
 
 def check_size(text: str, file: str, limits: Limits) -> None:
     if len(text) > limits.max_source_bytes:
-        raise SpecError(f"{file}: the spec is {len(text)} characters, over the limit of "
-                        f"{limits.max_source_bytes} (limit max_source_bytes)", None)
+        raise SpecError(f"the spec is {len(text)} characters, over the limit of "
+                        f"{limits.max_source_bytes} (limit max_source_bytes)", Span(file, 1, 1))
 
 
 def load_program(text: str, file: str, limits: Limits, base_dir: Path | None) -> Program:
     """Parse ``text`` and, transitively, the files it imports.
 
     An import path is relative to the importing file's folder, then to the bundled specs
-    folder; it must name an ``.arch`` file. Imports may not form a cycle.
+    folder; it must name an ``.arch`` file. Imports may not form a cycle (a file importing
+    itself, or ``a`` importing ``b`` importing ``a``); two files may import the same third one.
     """
     check_size(text, file, limits)
-    entry = parse(text, file)
+    entry = parse(text, file, limits)
     program = Program(entry, files=[file])
     _add_blocks(program, entry)
-    seen: set[Path] = set()
-    pending = [(imp, base_dir) for imp in entry.imports]
+    entry_path = _resolved(file) if file and file.endswith(".arch") else None
+    done: set[Path] = set()
+    # Depth first, each entry carrying the chain of files that led to it, to see cycles.
+    pending = [(imp, base_dir, (entry_path,) if entry_path else ()) for imp in reversed(entry.imports)]
     while pending:
-        imp, folder = pending.pop(0)
+        imp, folder, chain = pending.pop()
         path = _find(imp, folder)
-        if path in seen:
+        if path in chain:
+            names = " -> ".join(p.name for p in chain[chain.index(path):] + (path,))
+            raise SpecError(f"import cycle: {names}", imp.span)
+        if path in done:
             continue
-        seen.add(path)
-        if len(seen) > limits.max_imports:
+        done.add(path)
+        if len(done) > limits.max_imports:
             raise SpecError(f"more than {limits.max_imports} imported files (limit max_imports)", imp.span)
-        spec = parse(read_source(path, limits, imp.span), str(path))
+        spec = parse(read_source(path, limits, imp.span), str(path), limits)
         if spec.nets:
             raise SpecError(f"imported file {imp.path!r} defines nets; a library file holds only blocks",
                             spec.nets[0].span)
         program.files.append(str(path))
         _add_blocks(program, spec)
-        pending.extend((i, path.parent) for i in spec.imports)
+        pending.extend((i, path.parent, chain + (path,)) for i in reversed(spec.imports))
     return program
+
+
+def _resolved(file: str) -> Path | None:
+    try:
+        return Path(file).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
 
 
 def _find(imp: ast.Import, folder: Path | None) -> Path:
     if not imp.path.endswith(".arch"):
         raise SpecError(f"an import names an .arch file, found {imp.path!r}", imp.span)
     for base in ([folder] if folder else []) + [SPECS_DIR]:
-        candidate = (base / imp.path).resolve()
-        if candidate.is_file():
-            return candidate
+        try:
+            candidate = (base / imp.path).resolve()
+            if candidate.is_file():
+                return candidate
+            exists = candidate.exists()
+        except (OSError, RuntimeError, ValueError) as err:  # too long, a NUL byte, a symlink loop
+            raise SpecError(f"cannot use the imported path {imp.path!r}: {getattr(err, 'strerror', None) or err}",
+                            imp.span) from None
+        if exists:
+            raise SpecError(f"imported {imp.path!r} is not a file ({candidate})", imp.span)
     raise SpecError(f"cannot find imported file {imp.path!r} (looked beside the spec and in the bundled specs)",
                     imp.span)
 

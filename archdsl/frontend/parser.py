@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from pathlib import Path
 
 import lark
-from lark import Token, Transformer, v_args
+from lark import Token, v_args
+from lark.visitors import Transformer_NonRecursive
 
 from archdsl.errors import Span, SpecError
 from archdsl.frontend import ast
 from archdsl.ir import Shape
+from archdsl.limits import DEFAULT, Limits
 
 GRAMMAR = Path(__file__).resolve().parent.parent / "grammars" / "archdsl.lark"
 
@@ -28,10 +31,22 @@ _TERMINAL_WORDS = {
 }
 
 
+# The comments of the text being parsed (the lexer drops them from the token stream).
+_COMMENTS: contextvars.ContextVar[list | None] = contextvars.ContextVar("archdsl_comments", default=None)
+
+
+def _keep_comment(token: Token) -> Token:
+    sink = _COMMENTS.get()
+    if sink is not None:
+        sink.append(token)
+    return token
+
+
 @functools.lru_cache(maxsize=None)
 def _parser() -> lark.Lark:
     return lark.Lark(
-        GRAMMAR.read_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True
+        GRAMMAR.read_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True,
+        lexer_callbacks={"COMMENT": _keep_comment},
     )
 
 
@@ -40,7 +55,9 @@ class _Source:
 
     def __init__(self, text: str, file: str):
         self.file = file
-        self.lines = text.splitlines() or [""]
+        # Lines as the parser counts them: only "\n" ends one (str.splitlines also splits at
+        # form feeds and U+2028, which would show the wrong line under an error).
+        self.lines = [line.removesuffix("\r") for line in text.split("\n")]
 
     def line_text(self, line: int) -> str:
         return self.lines[line - 1] if 1 <= line <= len(self.lines) else ""
@@ -73,12 +90,16 @@ def _found(token: Token) -> str:
         return "the end of the file"
     if token.type == "_NL":
         return "the end of the line"
-    return repr(str(token))
+    text = str(token)
+    return repr(text) if len(text) <= 40 else f"{text[:30]!r}... ({len(text)} characters)"
 
 
 @v_args(meta=True)
-class _ToAst(Transformer):
-    """One method per grammar rule; any rule without one is a bug that :meth:`__default__` reports."""
+class _ToAst(Transformer_NonRecursive):
+    """One method per grammar rule; any rule without one is a bug that :meth:`__default__` reports.
+
+    Non-recursive, so that no nesting of the text can exhaust Python's stack here.
+    """
 
     def __init__(self, source: _Source):
         super().__init__(visit_tokens=False)
@@ -102,17 +123,19 @@ class _ToAst(Transformer):
 
     def block_def(self, meta, children):
         name, params, body = children
-        return ast.BlockDef(str(name), params or (), body, self.src.of(name))
+        return ast.BlockDef(str(name), params or (), body, self.src.of(name), _end_line(meta))
 
     def net_def(self, meta, children):
         name, params, shape, body = children
         input_shape = None
         if shape is not None:
+            if any(len(dim) > 9 for dim in str(shape).split("x")):
+                raise SpecError(f"input shape {_short(str(shape))} is out of range", self.src.of(shape))
             try:
                 input_shape = Shape.parse(str(shape))
             except ValueError as err:
                 raise SpecError(str(err), self.src.of(shape)) from None
-        return ast.NetDef(str(name), params or (), input_shape, body, self.src.of(name))
+        return ast.NetDef(str(name), params or (), input_shape, body, self.src.of(name), _end_line(meta))
 
     def param_list(self, meta, children):
         return tuple(c for c in children if c is not None)
@@ -158,7 +181,7 @@ class _ToAst(Transformer):
 
     def residual(self, meta, children):
         *options, body = children
-        return ast.Residual(tuple(options), body, self.src.of(meta))
+        return ast.Residual(tuple(options), body, self.src.of(meta), end_line=_end_line(meta))
 
     def option(self, meta, children):
         name, value = children
@@ -166,7 +189,12 @@ class _ToAst(Transformer):
 
     # values
     def int_arg(self, meta, children):
-        return ast.Num(int(children[0]), self.src.of(children[0]))
+        return ast.Num(self._int(children[0]), self.src.of(children[0]))
+
+    def _int(self, token: Token) -> int:
+        if len(token) > 100:  # far beyond any limit; int() of thousands of digits even fails
+            raise SpecError(f"the number {_short(str(token))} is too large", self.src.of(token))
+        return int(token)
 
     def expr_arg(self, meta, children):
         return ast.Braced(children[0], self.src.of(meta))
@@ -185,7 +213,7 @@ class _ToAst(Transformer):
     # expressions
     def number(self, meta, children):
         text = str(children[0])
-        value = float(text) if any(ch in text for ch in ".eE") else int(text)
+        value = float(text) if any(ch in text for ch in ".eE") else self._int(children[0])
         return ast.Num(value, self.src.of(children[0]))
 
     def ref(self, meta, children):
@@ -204,10 +232,41 @@ class _ToAst(Transformer):
     del _binary
 
 
-def parse(text: str, file: str = "<string>") -> ast.SpecFile:
+def _end_line(meta) -> int:
+    return 0 if getattr(meta, "empty", True) else meta.end_line
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:10]}...{text[-10:]} ({len(text)} characters)"
+
+
+# Rules that nest: a residual unit's body, a pair of braces, an operator.
+_NESTING = frozenset({"residual", "expr_arg", "expr_value", "add", "sub", "mul", "floordiv", "truediv",
+                      "mod", "neg"})
+
+
+def _check_nesting(tree: lark.Tree, source: _Source, limit: int) -> None:
+    """Refuse text nested deeper than ``limit`` (walked without recursion), so that the passes
+    after the parser, which recurse over nesting, stay well inside Python's stack."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        for child in node.children:
+            if isinstance(child, lark.Tree):
+                inner = depth + (child.data in _NESTING)
+                if inner > limit:
+                    raise SpecError(
+                        f"nested more than {limit} levels deep (residual units, braces and operators "
+                        "inside one another; limit max_nesting)", source.of(child))
+                stack.append((child, inner))
+
+
+def parse(text: str, file: str = "<string>", limits: Limits = DEFAULT) -> ast.SpecFile:
     """Parse spec text. Raises SpecError with the position, the line, a caret, and what was
     expected versus found."""
     source = _Source(text, file)
+    comments: list[Token] = []
+    reset = _COMMENTS.set(comments)
     try:
         tree = _parser().parse(text + "\n")
     except lark.UnexpectedToken as err:
@@ -233,12 +292,17 @@ def parse(text: str, file: str = "<string>") -> ast.SpecFile:
             f"expected {_join(expected)}, found the end of the file",
             source.span(len(source.lines), len(source.line_text(len(source.lines))) + 1),
         ) from None
+    finally:
+        _COMMENTS.reset(reset)
+    _check_nesting(tree, source, limits.max_nesting)
     try:
-        return _ToAst(source).transform(tree)
+        spec = _ToAst(source).transform(tree)
     except lark.exceptions.VisitError as err:
         if isinstance(err.orig_exc, SpecError):
             raise err.orig_exc from None
         raise
+    notes = tuple(ast.Comment(str(c).rstrip(), source.of(c)) for c in comments)
+    return ast.SpecFile(spec.file, spec.imports, spec.blocks, spec.nets, notes)
 
 
 def _join(words: list[str]) -> str:

@@ -6,6 +6,8 @@ No Python is ever evaluated: expressions are the small integer arithmetic of the
 
 from __future__ import annotations
 
+import math
+
 from archdsl.errors import Span, SpecError
 from archdsl.frontend import ast
 
@@ -29,7 +31,7 @@ def evaluate(expr: ast.Expr, env: dict[str, Value]) -> Value:
             raise SpecError(f"unknown parameter {expr.name!r} (parameters here: {known})", expr.span)
         return env[expr.name]
     if isinstance(expr, ast.Neg):
-        return -_number(evaluate(expr.operand, env), expr.operand.span)
+        return _bounded(-_number(evaluate(expr.operand, env), expr.operand.span), expr.span)
     if isinstance(expr, ast.BinOp):
         return _bounded(_binary(expr, env), expr.span)
     raise AssertionError(f"cannot evaluate {expr!r}")
@@ -38,6 +40,13 @@ def evaluate(expr: ast.Expr, env: dict[str, Value]) -> Value:
 def _binary(expr: ast.BinOp, env: dict[str, Value]) -> int | float:
     a = _number(evaluate(expr.left, env), expr.left.span)
     b = _number(evaluate(expr.right, env), expr.right.span)
+    try:
+        return _arithmetic(expr, a, b)
+    except (OverflowError, ValueError):  # e.g. a float out of range, int(inf)
+        raise SpecError(f"the value of '{expr.op}' here is out of range", expr.span) from None
+
+
+def _arithmetic(expr: ast.BinOp, a: int | float, b: int | float) -> int | float:
     if expr.op == "+":
         return a + b
     if expr.op == "-":
@@ -51,15 +60,21 @@ def _binary(expr: ast.BinOp, env: dict[str, Value]) -> int | float:
     if expr.op == "%":
         return a % b
     quotient = a / b
-    return int(quotient) if quotient == int(quotient) else quotient
+    return int(quotient) if math.isfinite(quotient) and quotient == int(quotient) else quotient
 
 
 _MAX_MAGNITUDE = 2**62  # far above any layer size, low enough that arithmetic stays cheap
 
 
 def _bounded(value: int | float, span: Span) -> int | float:
+    if isinstance(value, float) and math.isnan(value):
+        raise SpecError("the value here is not a number (inf - inf, or the like)", span)
     if abs(value) > _MAX_MAGNITUDE:
-        raise SpecError(f"value {value:.3g} is too large", span)
+        try:
+            shown = f"{float(value):.3g}"
+        except OverflowError:
+            shown = f"above 2**{abs(value).bit_length() - 1}"
+        raise SpecError(f"value {shown} is too large", span)
     return value
 
 

@@ -1,0 +1,199 @@
+"""The canonical printer: a parsed spec back to text, in one layout (``archdsl fmt``).
+
+The layout: one statement a line, four spaces of indent a level, ``;`` never; the top-level
+items (imports, blocks, nets) in the order they were written, a blank line between
+definitions; no spaces inside a layer (``conv3-64/2 pad=1``) or an expression (``{4*c}``),
+and no parentheses an expression does not need. Comments are kept: a comment on its own line
+stays on its own line above the statement (or closing brace) it preceded, a comment after a
+statement stays after it.
+
+The printer is deterministic, and parsing its output gives back the same syntax tree
+(spans aside), so printing that again gives the same text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from archdsl.frontend import ast
+from archdsl.frontend.parser import parse
+from archdsl.limits import DEFAULT, Limits
+
+INDENT = "    "
+
+# Binding strength of each operator: a sum binds looser than a product, unary minus tighter.
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "//": 2, "/": 2, "%": 2}
+_UNARY, _ATOM = 3, 4
+
+
+def format_text(text: str, file: str = "<string>", limits: Limits = DEFAULT) -> str:
+    """Parse spec text and print it canonically. Raises SpecError if it does not parse."""
+    return format_spec(parse(text, file, limits))
+
+
+def format_spec(spec: ast.SpecFile) -> str:
+    """The canonical text of a parsed spec file (ending in a new line unless it is empty)."""
+    lines: list[_Line | None] = []  # None: a blank line
+    items = sorted([*spec.imports, *spec.blocks, *spec.nets], key=lambda i: (i.span.line, i.span.column))
+    previous = None
+    for item in items:
+        if previous is not None and not (isinstance(item, ast.Import) and isinstance(previous, ast.Import)):
+            lines.append(None)
+        if isinstance(item, ast.Import):
+            lines.append(_Line(f'import "{item.path}"', 0, item.span.line, item.span.line))
+        elif isinstance(item, ast.BlockDef):
+            header = f"block {item.name}({_params(item.params)})"
+            _braced(lines, header, item.body, 0, item.span.line, item.end_line, "")
+        else:
+            header = f"net {item.name}"
+            if item.params:
+                header += f"({_params(item.params)})"
+            if item.input_shape is not None:
+                header += f" : {item.input_shape}"
+            _braced(lines, header, item.body, 0, item.span.line, item.end_line, "")
+        previous = item
+    return _with_comments(lines, sorted(spec.comments, key=lambda c: (c.span.line, c.span.column)))
+
+
+def format_expr(expr: ast.Expr) -> str:
+    """A value or expression as the spec writes it: ``64``, ``0.5``, ``B``, ``"x"``, ``{4*c}``."""
+    return _expr(expr)[0]
+
+
+def format_stmt(stmt: ast.Stmt) -> str:
+    """One statement; a residual unit on several lines."""
+    lines: list[_Line | None] = []
+    _stmt(lines, stmt, 0)
+    return "\n".join(line.text() for line in lines if line is not None)
+
+
+# -- lines ---------------------------------------------------------------------------------
+@dataclass
+class _Line:
+    body: str
+    depth: int
+    start: int  # the source line the printed line starts at
+    anchor: int  # the source line it ends at (a comment there may trail it)
+    comment_depth: int | None = None  # the indent of comments placed above it (closing braces: inner)
+
+    def text(self) -> str:
+        return INDENT * self.depth + self.body
+
+
+def _braced(lines, header: str, body, depth: int, start: int, end: int, suffix: str) -> None:
+    """``header {``, the body one level in, ``}`` (``header {}`` for an empty body)."""
+    end = end or start
+    if not body:
+        lines.append(_Line(f"{header} {{}}{suffix}", depth, start, end))
+        return
+    lines.append(_Line(f"{header} {{", depth, start, start))
+    for stmt in body:
+        _stmt(lines, stmt, depth + 1)
+    lines.append(_Line(f"}}{suffix}", depth, end, end, comment_depth=depth + 1))
+
+
+def _stmt(lines, stmt: ast.Stmt, depth: int) -> None:
+    repeat = f" x{format_expr(stmt.repeat)}" if stmt.repeat is not None else ""
+    line = stmt.span.line
+    if isinstance(stmt, ast.Layer):
+        text = stmt.name
+        if stmt.width is not None:
+            text += f"-{format_expr(stmt.width)}"
+        if stmt.stride is not None:
+            text += f"/{format_expr(stmt.stride)}"
+        text += _options(stmt.options)
+        lines.append(_Line(text + repeat, depth, line, line))
+    elif isinstance(stmt, ast.Call):
+        args = [format_expr(a) for a in stmt.args] + [f"{o.name}={format_expr(o.value)}" for o in stmt.kwargs]
+        lines.append(_Line(f"{stmt.name}({', '.join(args)}){repeat}", depth, line, line))
+    else:
+        _braced(lines, "residual" + _options(stmt.options), stmt.body, depth, line, stmt.end_line, repeat)
+
+
+def _options(options) -> str:
+    return "".join(f" {o.name}={format_expr(o.value)}" for o in options)
+
+
+def _params(params) -> str:
+    return ", ".join(p.name if p.default is None else f"{p.name}={format_expr(p.default)}" for p in params)
+
+
+def _with_comments(lines: list[_Line | None], comments: list[ast.Comment]) -> str:
+    """Join the lines, placing each comment above the first line that starts after it, or
+    after the line that ends on its line when the next line starts later. Where the source
+    had blank lines before or after a comment on its own line, one blank line stays."""
+    out: list[str] = []
+    pending = list(comments)
+    last = 0  # the source line of what was printed last
+    after_comment = False
+
+    def blank() -> None:
+        if out and out[-1] != "":
+            out.append("")
+
+    def own_lines(before: int, depth: int) -> None:
+        nonlocal last, after_comment
+        while pending and pending[0].span.line < before:
+            comment = pending.pop(0)
+            if comment.span.line > last + 1:
+                blank()
+            out.append(INDENT * depth + comment.text)
+            last, after_comment = comment.span.line, True
+
+    real = [i for i, line in enumerate(lines) if line is not None]
+    for position, i in enumerate(real):
+        line = lines[i]
+        if position and real[position - 1] != i - 1:
+            blank()
+        own_lines(line.start, line.depth if line.comment_depth is None else line.comment_depth)
+        if after_comment and line.start > last + 1:
+            blank()
+        text = line.text()
+        following = lines[real[position + 1]].start if position + 1 < len(real) else None
+        if pending and pending[0].span.line == line.anchor and (following is None or following > line.anchor):
+            text += "  " + pending.pop(0).text
+        out.append(text)
+        last, after_comment = max(last, line.anchor), False
+    own_lines(float("inf"), 0)
+    return "\n".join(out) + "\n" if out else ""
+
+
+# -- expressions ---------------------------------------------------------------------------
+def _expr(e: ast.Expr) -> tuple[str, int]:
+    """(text, binding strength) of an expression."""
+    if isinstance(e, ast.Num):
+        return _number(e.value), _ATOM
+    if isinstance(e, ast.Word):
+        return e.text, _ATOM
+    if isinstance(e, ast.Str):
+        return f'"{e.text}"', _ATOM
+    if isinstance(e, ast.Ref):
+        return e.name, _ATOM
+    if isinstance(e, ast.Braced):
+        return "{" + _expr(e.expr)[0] + "}", _ATOM
+    if isinstance(e, ast.Neg):
+        text, strength = _expr(e.operand)
+        return "-" + (text if strength >= _UNARY else f"({text})"), _UNARY
+    if isinstance(e, ast.BinOp):
+        mine = _PRECEDENCE[e.op]
+        left, left_strength = _expr(e.left)
+        right, right_strength = _expr(e.right)
+        if left_strength < mine:
+            left = f"({left})"
+        if right_strength <= mine:  # operators group to the left: a-(b-c) keeps its parentheses
+            right = f"({right})"
+        return f"{left}{e.op}{right}", mine
+    raise TypeError(f"not an expression: {e!r}")
+
+
+def _number(value: int | float) -> str:
+    if isinstance(value, bool):
+        raise TypeError(f"not a spec number: {value!r}")
+    if isinstance(value, int):
+        return str(value)
+    if value != value or value < 0:
+        raise ValueError(f"a spec literal is never {value!r}")
+    if value == float("inf"):
+        return "1e999"  # what a literal too large for a float reads as
+    text = repr(value)  # the shortest text that reads back as the same float
+    return text if any(ch in text for ch in ".eE") else text + ".0"
