@@ -50,7 +50,9 @@ def loads(text: str, *, net: str | None = None, input: Any = None, file: str = "
     """
     program = load_program(text, file, limits, Path(base_dir) if base_dir else Path.cwd())
     values = {**(params or {}), **kwargs}
-    graph = build(program, program.net(net), values, _shape(input), limits)
+    net_def = program.net(net)
+    graph = build(program, net_def, values, _shape(input), limits)
+    graph.graph["spec_input"] = net_def.input_shape
     analyse(graph)
     verify(graph)
     return graph
@@ -68,6 +70,25 @@ def load(path: str | Path, *, net: str | None = None, input: Any = None, limits:
                  limits=limits, params=params, base_dir=file.parent, **kwargs)
 
 
+def load_for_dense(spec: str | Path | ArchGraph, *, net: str | None = None, input: Any = None,
+                   limits: Limits = DEFAULT, params: dict[str, Value] | None = None,
+                   **kwargs: Value) -> tuple[ArchGraph, Shape | None]:
+    """The graph that the dense form of ``spec`` is converted from, and the input to run it at.
+
+    The fc layers are defined at the spec's own input size (VGG's first fc sees 7x7 at 224), so
+    the graph is built there whatever ``input`` says; ``input`` is returned as the shape to infer
+    the dense form at (None: the spec's own). A spec that declares no input size is built at
+    ``input``. A graph ``spec`` is taken as built, with ``input`` (if any) as its dense input.
+    """
+    if isinstance(spec, ArchGraph):
+        return spec, _shape(input)
+    graph = load(spec, net=net, input=input, limits=limits, params=params, **kwargs)
+    declared = graph.graph.get("spec_input")
+    if input is None or declared is None or declared == graph.input_shape:
+        return graph, None
+    return load(spec, net=net, limits=limits, params=params, **kwargs), graph.input_shape
+
+
 def compile(spec: str | Path | ArchGraph, *, backend: str = "torch", dense: bool = False,
             net: str | None = None, input: Any = None, limits: Limits = DEFAULT,
             params: dict[str, Value] | None = None, **kwargs: Value):
@@ -77,15 +98,24 @@ def compile(spec: str | Path | ArchGraph, *, backend: str = "torch", dense: bool
         spec: what to compile.
         backend: ``"torch"`` (PyTorch layers) or ``"triton"`` (archdsl's Triton kernels where
             they apply; without a CUDA device it falls back to PyTorch and says so once).
-        dense: fully-convolutional form for dense evaluation (FC layers become convolutions).
+        dense: fully-convolutional form for dense evaluation (FC layers become convolutions,
+            :mod:`archdsl.passes.fc_to_conv`): its output is a class score map, N x classes x h x w,
+            and its ``load_state_dict`` takes the ordinary module's ``state_dict()`` unchanged.
+            ``input`` then sets the size the shapes are inferred at, never the converted kernels,
+            which come from the spec's own input size (see :func:`load_for_dense`).
         net, input, limits, params, kwargs: as for :func:`loads`, when ``spec`` is not a graph.
     """
     from archdsl.codegen.torch_module import build_module
     from archdsl.passes import lowering_pipeline
 
-    graph = spec if isinstance(spec, ArchGraph) else load(
-        spec, net=net, input=input, limits=limits, params=params, **kwargs)
-    graph = lowering_pipeline(graph, backend=backend, dense=dense)
+    dense_input = None
+    if dense:
+        graph, dense_input = load_for_dense(spec, net=net, input=input, limits=limits, params=params,
+                                            **kwargs)
+    else:
+        graph = spec if isinstance(spec, ArchGraph) else load(
+            spec, net=net, input=input, limits=limits, params=params, **kwargs)
+    graph = lowering_pipeline(graph, backend=backend, dense=dense, dense_input=dense_input)
     if graph.params > limits.max_params:
         from archdsl.errors import SpecError
         raise SpecError(f"net {graph.name!r} has {graph.params:,} parameters, over the limit of "
