@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from archdsl.codegen.torch_ops import last_uses, lower
+from archdsl.codegen.torch_ops import from_linear, last_uses, linear_weights_as_kernels, lower
 from archdsl.ir import ArchGraph
 
 
@@ -14,12 +14,19 @@ class ArchModule(torch.nn.Module):
     Every layer with state is an attribute named after its node (so ``state_dict`` keys read
     ``conv1.weight``, ``basic3_bn2.running_mean``, ...) and ``forward`` evaluates the nodes in
     topological order, freeing each intermediate after its last use.
+
+    In the dense form (fc layers made convolutions), ``load_state_dict`` also takes the fc
+    module's state dict: a pre-hook reshapes the 2-D fc weights to kernels as they load.
     """
 
     def __init__(self, graph: ArchGraph, backend: str = "torch"):
         super().__init__()
+        from archdsl.codegen.triton.runtime import resolve_backend
+
         self.arch_name = graph.name
-        self.backend = backend
+        self.requested_backend = backend
+        # "triton" where no kernel can run here: PyTorch layers, and a notice (once per process).
+        self.backend = backend = resolve_backend(backend)
         order = graph.order()
         frees = last_uses(graph, order)
         self._input = graph.graph["input"]
@@ -31,20 +38,34 @@ class ArchModule(torch.nn.Module):
             lowered = lower(graph, name, backend)
             if lowered.layer is not None:
                 self.add_module(name, lowered.layer.build())
+            for _, attribute, layer in lowered.extra:  # e.g. a fused conv's batch norm
+                self.add_module(attribute, layer.build())
             self._program.append((name, lowered.layer is not None, lowered.fn,
-                                  graph.nodes[name]["args"], tuple(frees[name])))
+                                  graph.nodes[name]["args"], tuple(frees[name]),
+                                  tuple((role, attribute) for role, attribute, _ in lowered.extra)))
+        self._from_linear = from_linear(graph)
+        if self._from_linear:
+            self._register_load_state_dict_pre_hook(self._linear_weights_as_kernels)
+
+    def _linear_weights_as_kernels(self, state_dict, prefix, *_) -> None:
+        linear_weights_as_kernels(state_dict, prefix, self._from_linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         env = {self._input: x}
-        for name, has_layer, fn, args, frees in self._program:
+        for name, has_layer, fn, args, frees, extra in self._program:
             layer = getattr(self, name) if has_layer else None
-            env[name] = fn(layer, *(env[a] for a in args))
+            if extra:
+                env[name] = fn(layer, *(env[a] for a in args),
+                               **{role: getattr(self, attribute) for role, attribute in extra})
+            else:
+                env[name] = fn(layer, *(env[a] for a in args))
             for value in frees:
                 del env[value]
         return env[self._output]
 
     def extra_repr(self) -> str:
-        return f"arch={self.arch_name!r}, backend={self.backend!r}"
+        fallback = f" (requested {self.requested_backend!r})" if self.requested_backend != self.backend else ""
+        return f"arch={self.arch_name!r}, backend={self.backend!r}{fallback}"
 
 
 def build_module(graph: ArchGraph, backend: str = "torch") -> ArchModule:

@@ -39,11 +39,17 @@ class Lowered:
     ``layer``: the object stored as an attribute named after the node (None for pure functions).
     ``expr``: the forward expression as source, with ``{self}`` for the layer and ``{0}``, ``{1}``
     for the inputs. ``fn(layer, *inputs)``: the same computation, callable in-process.
+    ``extra``: further layers the node owns, as ``(role, attribute name, Layer)``: stored as
+    attributes under those names, written ``{role}`` in ``expr`` and passed to ``fn`` as the
+    keyword argument ``role`` (a fused conv keeps its batch norm under the BN node's name, so
+    state_dict keys are those of the unfused graph). ``imports``: lines the source needs.
     """
 
     layer: Layer | None
     expr: str
     fn: Callable
+    extra: tuple[tuple[str, str, Layer], ...] = ()
+    imports: tuple[str, ...] = ()
 
 
 def _nn(cls: str, *args, **kwargs) -> Layer:
@@ -60,6 +66,58 @@ def _pad_shortcut(stride: int, extra: int) -> Callable:
     return fn
 
 
+def _conv_kwargs(a: dict) -> dict:
+    kwargs = dict(kernel_size=a["kernel"], stride=a["stride"], padding=a["padding"])
+    if a["groups"] != 1:
+        kwargs["groups"] = a["groups"]
+    if not a["bias"]:
+        kwargs["bias"] = False
+    return kwargs
+
+
+def _torch_conv_bn_relu(relu: bool) -> Callable:
+    def fn(conv, x, bn=None):
+        y = conv(x) if bn is None else bn(conv(x))
+        return torch.relu(y) if relu else y
+    return fn
+
+
+def _triton_conv_bn_relu(relu: bool) -> Callable:
+    from archdsl.codegen.triton.runtime import fused_conv  # imports no triton itself
+
+    def fn(conv, x, bn=None):
+        return fused_conv(x, conv, bn, relu=relu)
+    return fn
+
+
+def _lower_fused_conv(a: dict, x, backend: str) -> Lowered:
+    """FUSED_CONV: conv [-> BN] [-> ReLU]. The conv is the node's layer; the BN is an extra
+    layer named as the BN node was (``bn_name``), so the state_dict matches the unfused graph's.
+
+    ``torch``: nn.Conv2d, nn.BatchNorm2d, torch.relu -- the unfused computation, op for op.
+    ``triton``: FusedConv2d (ReLU in its epilogue when there is no BN) and
+    :func:`archdsl.codegen.triton.runtime.fused_conv`, which folds the BN into the conv's
+    weight and bias in eval mode and keeps BN semantics in training mode.
+    """
+    kwargs = _conv_kwargs(a)
+    bn, relu = a["bn"], a["relu"]
+    extra = ()
+    if bn:
+        bn_kwargs = {} if a["eps"] == 1e-5 else {"eps": a["eps"]}
+        extra = (("bn", a["bn_name"], _nn("BatchNorm2d", a["out_channels"], **bn_kwargs)),)
+    if backend == "triton":
+        if relu and not bn:
+            kwargs["relu"] = True  # with a BN the ReLU comes after it: runtime.fused_conv
+        layer = Layer("archdsl.codegen.triton.conv", "FusedConv2d", (x.c, a["out_channels"]), kwargs)
+        expr = "fused_conv({0}, {self}, {bn}" + (", relu=True)" if relu else ")") if bn else "fused_conv({0}, {self})"
+        return Lowered(layer, expr, _triton_conv_bn_relu(relu and bn), extra,
+                       ("from archdsl.codegen.triton.runtime import fused_conv",))
+    expr = "{bn}({self}({0}))" if bn else "{self}({0})"
+    if relu:
+        expr = f"torch.relu({expr})"
+    return Lowered(_nn("Conv2d", x.c, a["out_channels"], **kwargs), expr, _torch_conv_bn_relu(relu), extra)
+
+
 def lower(graph: ArchGraph, name: str, backend: str = "torch") -> Lowered:
     """The PyTorch form of node ``name`` (its inputs' shapes must be inferred)."""
     data = graph.nodes[name]
@@ -67,6 +125,8 @@ def lower(graph: ArchGraph, name: str, backend: str = "torch") -> Lowered:
     x = graph.shape(data["args"][0]) if data["args"] else None
     triton = backend == "triton"
 
+    if op is Op.CONV and triton:  # a conv nothing was fused into: still the Triton kernel
+        return _lower_fused_conv({**a, "bn": False, "eps": 0.0, "bn_name": "", "relu": False}, x, backend)
     if op is Op.CONV:
         kwargs = dict(kernel_size=a["kernel"], stride=a["stride"], padding=a["padding"])
         if a["groups"] != 1:
@@ -112,7 +172,30 @@ def lower(graph: ArchGraph, name: str, backend: str = "torch") -> Lowered:
         s, extra = a["stride"], a["out_channels"] - x.c
         return Lowered(None, f"F.pad({{0}}[:, :, ::{s}, ::{s}], (0, 0, 0, 0, 0, {extra}))",
                        _pad_shortcut(s, extra))
+    if op is Op.FUSED_CONV:
+        return _lower_fused_conv(a, x, backend)
     raise AssertionError(f"no PyTorch lowering for {op!r}")
+
+
+def from_linear(graph: ArchGraph) -> dict[str, tuple[int, int, int]]:
+    """Layers made from fc layers (attrs ``from_linear``, see passes/fc_to_conv.py): name -> the
+    (C, kh, kw) their 2-D fc weight reshapes to, after the output dimension."""
+    return {name: tuple(data["attrs"]["from_linear"]) for name, data in graph.ops()
+            if data["attrs"].get("from_linear")}
+
+
+def linear_weights_as_kernels(state_dict: dict, prefix: str, layers: dict[str, tuple[int, int, int]]) -> None:
+    """Reshape, in ``state_dict``, the 2-D fc weights of ``layers`` to conv kernels (in place).
+
+    An fc flattens its input in (C, H, W) order, so row ``o`` of its ``(out, C*kh*kw)`` weight
+    is kernel ``o`` laid out as ``(C, kh, kw)``. Weights that are not 2-D, or whose size does not
+    fit, are left for ``load_state_dict`` to accept or report.
+    """
+    for name, (c, kh, kw) in layers.items():
+        key = f"{prefix}{name}.weight"
+        weight = state_dict.get(key)
+        if weight is not None and weight.dim() == 2 and weight.shape[1] == c * kh * kw:
+            state_dict[key] = weight.reshape(weight.shape[0], c, kh, kw)
 
 
 def last_uses(graph: ArchGraph, order: list[str]) -> dict[str, list[str]]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import keyword
 import re
 
-from archdsl.codegen.torch_ops import last_uses, lower
+from archdsl.codegen.torch_ops import from_linear, last_uses, lower
 from archdsl.ir import ArchGraph
 
-_RESERVED = {"self", "torch", "nn", "F", "x", "super", "input"}
+_RESERVED = {"self", "torch", "nn", "F", "x", "super", "input", "fused_conv"}
 
 
 class Namespace:
@@ -38,6 +38,11 @@ class Namespace:
 def class_name(net: str) -> str:
     name = "".join(part[:1].upper() + part[1:] for part in re.split(r"[^0-9A-Za-z]+", net) if part)
     return name if name.isidentifier() and not keyword.iskeyword(name) else f"Net{name}"
+
+
+def _plain_name(net: str) -> str:
+    """The net's name where it is an ASCII identifier (as a spec writes it), else the class name."""
+    return net if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", net) else class_name(net)
 
 
 def _literal(value) -> str:
@@ -66,8 +71,14 @@ def emit_source(graph: ArchGraph, backend: str = "torch") -> str:
     for node in order[1:]:
         data = graph.nodes[node]
         lowered = lower(graph, node, backend)
-        if lowered.layer is not None:
-            layer = lowered.layer
+        imports.update(lowered.imports)
+        owned = [(var[node], lowered.layer)] if lowered.layer is not None else []
+        roles = {}
+        for role, attribute, layer in lowered.extra:  # e.g. a fused conv's batch norm
+            attribute = names.create(attribute)
+            roles[role] = f"self.{attribute}"
+            owned.append((attribute, layer))
+        for attribute, layer in owned:
             if layer.module == "torch.nn":
                 ctor = f"nn.{layer.cls}"
             else:
@@ -75,8 +86,8 @@ def emit_source(graph: ArchGraph, backend: str = "torch") -> str:
                 ctor = layer.cls
             args = [_literal(a) for a in layer.args]
             args += [f"{k}={_literal(v)}" for k, v in layer.kwargs.items()]
-            init.append(f"        self.{var[node]} = {ctor}({', '.join(args)})")
-        expr = lowered.expr.format(*(var[a] for a in data["args"]), self=f"self.{var[node]}")
+            init.append(f"        self.{attribute} = {ctor}({', '.join(args)})")
+        expr = lowered.expr.format(*(var[a] for a in data["args"]), self=f"self.{var[node]}", **roles)
         line = f"        {var[node]} = {expr}"
         dead = [var[v] for v in frees[node] if v != graph.graph["input"]]
         if dead:
@@ -84,14 +95,43 @@ def emit_source(graph: ArchGraph, backend: str = "torch") -> str:
         line += f"  # {graph.shape(node)}"
         forward.append(line)
 
+    converted = {var[n]: shape for n, shape in from_linear(graph).items()}
+    assert all(v.isidentifier() for v in converted)
+    dense_doc, dense_attr, dense_load = [], [], []
+    if converted:
+        dense_doc = [
+            "",
+            "    Dense form: the fc layers run as convolutions, and load_state_dict takes the fc",
+            "    module's state dict as it is (2-D fc weights are reshaped to kernels as they load).",
+        ]
+        entries = ", ".join(f"{v!r}: {_literal(tuple(shape))}" for v, shape in converted.items())
+        dense_attr = [
+            "    # Layers made from fc layers -> (C, kh, kw) that their (out, C*kh*kw) fc weight reshapes to.",
+            f"    FROM_LINEAR = {{{entries}}}",
+            "",
+        ]
+        dense_load = [
+            "",
+            "    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):",
+            "        # An fc flattens its input in (C, H, W) order, so each row of its weight is one",
+            "        # kernel laid out as (C, kh, kw).",
+            "        for name, (c, kh, kw) in self.FROM_LINEAR.items():",
+            "            key = prefix + name + \".weight\"",
+            "            weight = state_dict.get(key)",
+            "            if weight is not None and weight.dim() == 2 and weight.shape[1] == c * kh * kw:",
+            "                state_dict[key] = weight.reshape(weight.shape[0], c, kh, kw)",
+            "        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)",
+        ]
+
     meta = graph.graph
     params = ", ".join(f"{k}={v}" for k, v in sorted(meta.get("params", {}).items()))
     shape_in, shape_out = graph.input_shape, graph.output_shape
     doc = [
-        f'    """{meta["name"]}: {graph.params:,} parameters, {graph.macs:,} MACs per sample.',
+        f'    """{_plain_name(meta["name"])}: {graph.params:,} parameters, {graph.macs:,} MACs per sample.',
         "",
         f"    Input N x {shape_in}, output N x {shape_out}."
         + (f" Built with {params}." if params and re.fullmatch(r"[\w=,. +-]*", params) else ""),
+        *dense_doc,
         '    """',
     ]
     lines = [
@@ -103,6 +143,7 @@ def emit_source(graph: ArchGraph, backend: str = "torch") -> str:
         f"class {class_name(meta['name'])}(nn.Module):",
         *doc,
         "",
+        *dense_attr,
         "    def __init__(self):",
         "        super().__init__()",
         *init,
@@ -110,6 +151,7 @@ def emit_source(graph: ArchGraph, backend: str = "torch") -> str:
         "    def forward(self, x):",
         *forward,
         f"        return {var[graph.graph['output']]}",
+        *dense_load,
         "",
     ]
     return "\n".join(lines)

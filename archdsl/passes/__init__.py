@@ -26,4 +26,12 @@ def lowering_pipeline(graph: ArchGraph, *, backend: str = "torch", dense: bool =
 
         graph = fc_to_conv(graph, dense_input)
     verify(graph)
+    if backend == "triton":
+        # conv -> bn -> relu chains into single FUSED_CONV nodes (the kernel's epilogue).
+        from archdsl.passes.fold_bn import fuse_conv_bn
+        from archdsl.passes.fuse import fuse_conv_relu
+
+        for fusion in (fuse_conv_bn, fuse_conv_relu):
+            graph = fusion(graph)
+            verify(graph)
     return graph

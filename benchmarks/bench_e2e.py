@@ -1,0 +1,319 @@
+"""End-to-end inference throughput of whole networks built by archdsl, per backend.
+
+For VGG-16 (``vgg_d``), ResNet-50 and AlexNet at batch 64, 224x224, bfloat16, channels_last,
+in eval mode under ``torch.inference_mode``, it measures images/s of
+
+    torch                archdsl's ``torch`` backend: PyTorch layers run eagerly (cuDNN)
+    triton               archdsl's ``triton`` backend: conv -> BN -> ReLU chains fused into
+                         one node (BN folded into the conv in eval mode), run by the Triton
+                         implicit-GEMM kernel; LRN by the Triton LRN kernel
+    compile              ``torch.compile`` of the torch-backend module (default mode)
+    compile-max-autotune ``torch.compile(mode="max-autotune-no-cudagraphs")`` of the same
+
+and, for the LRN nets (AlexNet and VGG A-LRN, ``vgg_a_lrn``), a second table per backend with
+one more variant, ``triton, LRN in PyTorch`` (the triton backend with its LRN layers switched
+to PyTorch's), which separates what the LRN kernel gains from what the conv kernel gains.
+
+Every module gets the same weights (the triton one loads the torch one's state_dict, BN
+statistics randomised so the fold does something), and each output is checked against the
+torch backend's before it is timed: a disagreement beyond bf16 tolerance stops the run.
+
+    python benchmarks/bench_e2e.py             # all nets and variants (torch.compile's
+                                               # max-autotune takes several minutes per net)
+    python benchmarks/bench_e2e.py --quick     # ResNet-50 and AlexNet, no max-autotune
+
+The markdown report goes to ``$OUT/e2e.md`` when ``OUT`` is set (``--out`` to choose a file),
+rewritten after every measurement so a run cut short still leaves its rows, and is printed.
+Needs a CUDA device; on a machine without one it says so and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+BATCH = 64
+SIZE = 224
+DTYPE = torch.bfloat16
+
+#: net name -> (bundled spec, spec parameters)
+NETS = {
+    "vgg16": ("vgg_d", {}),
+    "resnet50": ("resnet50", {}),
+    "alexnet": ("alexnet", {}),
+}
+LRN_NETS = {
+    "alexnet": ("alexnet", {}),
+    "vgg_a_lrn": ("vgg_a_lrn", {}),
+}
+QUICK_NETS = ("resnet50", "alexnet")
+QUICK_LRN_NETS = ("alexnet",)
+
+VARIANTS = ("torch", "triton", "compile", "compile-max-autotune")
+LRN_VARIANTS = ("torch", "triton", "triton, LRN in PyTorch")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help=f"only {', '.join(QUICK_NETS)} (and {', '.join(QUICK_LRN_NETS)} for LRN), "
+                        "no max-autotune")
+    p.add_argument("--nets", help=f"comma-separated subset of {', '.join(NETS)}")
+    p.add_argument("--lrn-nets", help=f"comma-separated subset of {', '.join(LRN_NETS)} ('' for none)")
+    p.add_argument("--batch", type=int, default=BATCH)
+    p.add_argument("--size", type=int, default=SIZE, help="input height = width")
+    p.add_argument("--no-compile", action="store_true", help="skip both torch.compile variants")
+    p.add_argument("--no-max-autotune", action="store_true", help="skip the max-autotune variant")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls first (autotuning happens here)")
+    p.add_argument("--iters", type=int, default=10, help="calls per timed repetition")
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions (the median is reported)")
+    p.add_argument("--out", help="markdown file to write (default $OUT/e2e.md when OUT is set)")
+    p.add_argument("--budget-s", type=float, default=0.0,
+                   help="stop starting new measurements after this many seconds (0: no limit)")
+    args = p.parse_args(argv)
+
+    def choose(text, table, quick):
+        if text is None:
+            return list(quick if args.quick else table)
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if n not in table]
+        if unknown:
+            p.error(f"unknown net(s) {unknown}; choose from {list(table)}")
+        return names
+
+    args.nets = choose(args.nets, NETS, QUICK_NETS)
+    args.lrn_nets = choose(args.lrn_nets, LRN_NETS, QUICK_LRN_NETS)
+    variants = [v for v in VARIANTS
+                if not (v.startswith("compile") and args.no_compile)
+                and not (v == "compile-max-autotune" and (args.no_max_autotune or args.quick))]
+    args.variants = variants
+    if args.out is None and os.environ.get("OUT"):
+        args.out = str(Path(os.environ["OUT"]) / "e2e.md")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    table: str  # "main" or "lrn"
+    net: str
+    variant: str
+    ms: float  # median time per batch
+    images_per_s: float
+    err: float  # relative error of the logits against the torch backend's (nan for that one)
+    note: str = ""
+
+
+def randomise_bn(module: torch.nn.Module, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+
+
+def prepare(module: torch.nn.Module) -> torch.nn.Module:
+    return module.to(device="cuda", dtype=DTYPE, memory_format=torch.channels_last).eval()
+
+
+def time_ms(fn, x, args) -> float:
+    """Median over ``reps`` of the mean time of ``iters`` back-to-back calls, CUDA events."""
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            fn(x)
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(args.reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(args.iters):
+                fn(x)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / args.iters)
+    return statistics.median(times)
+
+
+def centred_logits(y: torch.Tensor) -> torch.Tensor:
+    """The nets end in a softmax: log p = logits - logsumexp, so log p minus its mean over the
+    classes is the logits minus theirs -- what the outputs are compared by."""
+    log_p = y.float().clamp_min(1e-30).log()
+    return log_p - log_p.mean(dim=1, keepdim=True)
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(y - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30))
+
+
+def fused_summary(spec: str, params: dict, size: int) -> str:
+    from archdsl.passes import lowering_pipeline
+    from archdsl.passes.fuse import fusion_summary
+    from archdsl.pipeline import load
+
+    return fusion_summary(lowering_pipeline(load(spec, input=(3, size, size), **params), backend="triton"))
+
+
+def build_variants(spec: str, params: dict, variants, args):
+    """name -> callable, all with the torch-backend module's weights."""
+    import archdsl
+
+    shape = (3, args.size, args.size)
+    torch.manual_seed(0)
+    ref = archdsl.compile(spec, input=shape, **params)
+    randomise_bn(ref)
+    state = ref.state_dict()
+    ref = prepare(ref)
+    fns = {}
+    for v in variants:
+        if v == "torch":
+            fns[v] = ref
+        elif v.startswith("triton"):
+            tri = archdsl.compile(spec, backend="triton", input=shape, **params)
+            if tri.backend != "triton":
+                raise SystemExit("bench_e2e.py: the triton backend fell back to PyTorch ops (see the warning)")
+            tri.load_state_dict(state, strict=True)
+            if v == "triton, LRN in PyTorch":
+                for m in tri.modules():
+                    if hasattr(m, "backend") and type(m).__name__ == "LocalResponseNorm":
+                        m.backend = "torch"
+            fns[v] = prepare(tri)
+        elif v == "compile":
+            torch._dynamo.reset()
+            fns[v] = torch.compile(ref)
+        elif v == "compile-max-autotune":
+            torch._dynamo.reset()
+            fns[v] = torch.compile(ref, mode="max-autotune-no-cudagraphs")
+        else:
+            raise AssertionError(v)
+    return fns
+
+
+def measure_net(table: str, net: str, spec: str, params: dict, variants, args, emit, deadline) -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
+    x = x.to(device="cuda", dtype=DTYPE).contiguous(memory_format=torch.channels_last)
+    fns = build_variants(spec, params, variants, args)
+    with torch.inference_mode():
+        reference = centred_logits(fns["torch"](x))
+    for variant, fn in fns.items():
+        if deadline and time.time() > deadline:
+            emit(Result(table, net, variant, float("nan"), float("nan"), float("nan"), "not run (time budget)"))
+            continue
+        t0 = time.time()
+        with torch.inference_mode():
+            y = centred_logits(fn(x))  # compiles / autotunes on the first call
+        setup_s = time.time() - t0
+        err = rel_err(y, reference) if variant != "torch" else float("nan")
+        # bf16 activations and weights (the folded ones rounded once more): a few 1e-3 expected
+        if variant != "torch" and not err < 5e-2:
+            raise SystemExit(f"bench_e2e.py: {net} [{variant}] disagrees with the torch backend: "
+                             f"relative error of the logits {err:.3g}")
+        ms = time_ms(fn, x, args)
+        emit(Result(table, net, variant, ms, args.batch / (ms / 1e3), err,
+                    f"first call {setup_s:.0f} s" if setup_s >= 1 else ""))
+        print(f"  {net:10s} {variant:24s} {ms:8.2f} ms  {args.batch / (ms / 1e3):9.0f} img/s", flush=True)
+    del fns
+    torch.cuda.empty_cache()
+
+
+def fmt(v: float, spec: str) -> str:
+    return "-" if v != v else format(v, spec)
+
+
+def render(header: list[str], results: list[Result], fused: dict[str, str]) -> str:
+    out = list(header)
+    for table, title, variants in (
+        ("main", "## Whole networks", VARIANTS),
+        ("lrn", "## LRN networks (AlexNet, VGG A-LRN) per backend", LRN_VARIANTS),
+    ):
+        rows = [r for r in results if r.table == table]
+        if not rows:
+            continue
+        base = {r.net: r.images_per_s for r in rows if r.variant == "torch"}
+        out += ["", title, "",
+                "| net | variant | ms / batch | images/s | vs torch | rel. err of logits | note |",
+                "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            speed = r.images_per_s / base[r.net] if r.net in base else float("nan")
+            out.append(f"| {r.net} | {r.variant} | {fmt(r.ms, '.2f')} | {fmt(r.images_per_s, '.0f')} "
+                       f"| {fmt(speed, '.2f')} | {fmt(r.err, '.2g')} | {r.note} |")
+    if fused:
+        out += ["", "Fused by the triton backend: "
+                + "; ".join(f"{net}: {text}" for net, text in fused.items())]
+    out += ["", "vs torch: throughput relative to archdsl's torch backend (eager PyTorch, cuDNN); > 1 is faster."]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_e2e.py needs a CUDA device (none found); run it on the GPU machine", file=sys.stderr)
+        return 2
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("bench_e2e.py: unset TRITON_INTERPRET; the benchmark times compiled kernels", file=sys.stderr)
+        return 2
+
+    import triton
+
+    torch.backends.cudnn.benchmark = True
+    props = torch.cuda.get_device_properties(0)
+    header = [
+        "# End-to-end inference throughput: archdsl backends vs eager PyTorch vs torch.compile",
+        "",
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- device: {props.name} ({props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB)",
+        f"- torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}), "
+        f"triton {triton.__version__}",
+        f"- batch {args.batch}, {args.size}x{args.size}, {str(DTYPE).replace('torch.', '')}, channels_last, "
+        "eval mode, torch.inference_mode",
+        f"- timing: median over {args.reps} repetitions of {args.iters} back-to-back calls (CUDA events), "
+        f"after {args.warmup} warm-up calls (Triton autotuning, torch.compile compilation)",
+    ]
+    results: list[Result] = []
+    fused: dict[str, str] = {}
+
+    def emit(result: Result) -> None:
+        results.append(result)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(render(header, results, fused) + "\n")
+
+    deadline = time.time() + args.budget_s if args.budget_s else 0.0
+    for net in args.nets:
+        spec, params = NETS[net]
+        fused[net] = fused_summary(spec, params, args.size)
+        print(f"{net}: {fused[net]}", flush=True)
+        measure_net("main", net, spec, params, args.variants, args, emit, deadline)
+    for net in args.lrn_nets:
+        spec, params = LRN_NETS[net]
+        fused.setdefault(net, fused_summary(spec, params, args.size))
+        print(f"{net} (LRN): {fused[net]}", flush=True)
+        measure_net("lrn", net, spec, params, LRN_VARIANTS, args, emit, deadline)
+
+    text = render(header, results, fused)
+    print()
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
