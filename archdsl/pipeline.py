@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from archdsl.errors import SpecError
 from archdsl.frontend.expand import build
 from archdsl.frontend.loader import load_program, read_source
 from archdsl.frontend.values import Value
@@ -24,11 +25,17 @@ from archdsl.registry import resolve_spec
 
 
 def _shape(value) -> Shape | None:
-    if value is None or isinstance(value, Shape):
-        return value
-    if isinstance(value, str):
-        return Shape.parse(value)
-    return Shape.of(*value)
+    """An ``input=`` argument as a Shape: ``"3x384x384"``, ``(3, 384, 384)`` or a Shape."""
+    if value is None:
+        return None
+    try:
+        shape = value if isinstance(value, Shape) else (
+            Shape.parse(value) if isinstance(value, str) else Shape.of(*value))
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"input: expected a shape such as 3x224x224, found {value!r} ({err})") from None
+    if len(shape.dims) != 3 or min(shape.dims) < 1:
+        raise SpecError(f"input: expected three positive dimensions CxHxW, found {shape}")
+    return shape
 
 
 def loads(text: str, *, net: str | None = None, input: Any = None, file: str = "<string>",
@@ -117,7 +124,6 @@ def compile(spec: str | Path | ArchGraph, *, backend: str = "torch", dense: bool
             spec, net=net, input=input, limits=limits, params=params, **kwargs)
     graph = lowering_pipeline(graph, backend=backend, dense=dense, dense_input=dense_input)
     if graph.params > limits.max_params:
-        from archdsl.errors import SpecError
         raise SpecError(f"net {graph.name!r} has {graph.params:,} parameters, over the limit of "
                         f"{limits.max_params:,} (limit max_params)", graph.graph.get("spec"))
     return build_module(graph, backend)

@@ -130,3 +130,9 @@ def test_two_statements_on_a_line_without_a_separator():
     err = error("net a : 3x8x8 { conv3-64 conv3-8 }")
     assert "expected '=', found '-'" in err.message
     assert "statements are separated by ';' or new lines" in err.message
+
+
+@pytest.mark.parametrize("value", ["3x0x8", (3, 0, 8), "abc", (3, 8)])
+def test_bad_input_argument(value):
+    with pytest.raises(SpecError, match="input: expected"):
+        archdsl.loads("net a { conv3-4 }", input=value)
