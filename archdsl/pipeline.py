@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +57,29 @@ def loads(text: str, *, net: str | None = None, input: Any = None, file: str = "
     Raises:
         SpecError: anything wrong with the spec, pointing at the line.
     """
-    program = load_program(text, file, limits, Path(base_dir) if base_dir else Path.cwd())
-    values = {**(params or {}), **kwargs}
-    net_def = program.net(net)
-    graph = build(program, net_def, values, _shape(input), limits)
-    graph.graph["spec_input"] = net_def.input_shape
-    analyse(graph)
-    verify(graph)
+    with _gc_paused():
+        program = load_program(text, file, limits, Path(base_dir) if base_dir else Path.cwd())
+        values = {**(params or {}), **kwargs}
+        net_def = program.net(net)
+        graph = build(program, net_def, values, _shape(input), limits)
+        graph.graph["spec_input"] = net_def.input_shape
+        analyse(graph)
+        verify(graph)
     return graph
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Building a graph allocates many small, long-lived objects and no cycles worth
+    collecting; the collector's full passes over them made the cost grow faster than the
+    depth. The limits (max_nodes, max_steps) bound what is allocated meanwhile."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def load(path: str | Path, *, net: str | None = None, input: Any = None, limits: Limits = DEFAULT,
