@@ -27,6 +27,7 @@ import archdsl
 import archdsl.testing as at
 from archdsl import Op
 from archdsl.cli import main
+from archdsl.frontend.loader import SPECS_DIR
 from archdsl.frontend.parser import parse
 from archdsl.frontend.printer import format_expr, format_text
 
@@ -171,7 +172,8 @@ def assert_round_trip(text: str, file: str = "<string>", base_dir=None):
     canonical = format_text(text, file)
     assert format_text(canonical, file) == canonical  # printing is idempotent
     assert parse(canonical, file) == parse(text, file)  # the same syntax tree, spans aside
-    assert ";" not in re.sub(r"#.*", "", canonical)
+    for line in re.sub(r"#.*", "", canonical).splitlines():  # '; ' only between statements
+        assert not line.rstrip().endswith(";") and ";;" not in line and "{;" not in line.replace(" ", "")
     return canonical
 
 
@@ -238,8 +240,8 @@ def test_printer_layout_and_comments():
             "  residual shortcut=A { conv3-{2*c}/2 bias=false; bn } x2  # twice\n  # last\n}  # end\n")
     assert format_text(text) == (
         "# head\n\nimport \"lib/resnet.arch\"\n\nnet a(c=4) : 3x8x8 {  # the net\n"
-        "    conv3-{c}\n    bn  # two on a line\n    # before the unit\n\n"
-        "    residual shortcut=A {\n        conv3-{2*c}/2 bias=false\n        bn\n    } x2  # twice\n"
+        "    conv3-{c}; bn  # two on a line\n    # before the unit\n\n"
+        "    residual shortcut=A {\n        conv3-{2*c}/2 bias=false; bn\n    } x2  # twice\n"
         "    # last\n}  # end\n")
 
 
@@ -256,7 +258,7 @@ def test_fmt_prints_checks_and_rewrites(tmp_path):
     messy = "# keep me\nnet n : 3x8x8 { conv3-4; bn   # and me\n}\n"
     spec.write_text(messy)
     code, out, _ = run_cli("fmt", str(spec))
-    assert code == 0 and out == "# keep me\nnet n : 3x8x8 {\n    conv3-4\n    bn  # and me\n}\n"
+    assert code == 0 and out == "# keep me\nnet n : 3x8x8 {\n    conv3-4; bn  # and me\n}\n"
     assert spec.read_text() == messy  # printing leaves the file alone
 
     code, out, err = run_cli("fmt", "--check", str(spec))
@@ -276,3 +278,8 @@ def test_fmt_of_a_broken_spec_exits_2_and_leaves_it(tmp_path):
         assert code == 2 and "bad.arch:1:" in err and "Traceback" not in err
     assert spec.read_text() == "net n : 3x8x8 { conv3-4;; ) }\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.arch"]
+
+
+@pytest.mark.parametrize("path", sorted(SPECS_DIR.rglob("*.arch")), ids=lambda p: p.name)
+def test_bundled_specs_are_in_the_canonical_layout(path):
+    assert format_text(path.read_text(), str(path)) == path.read_text()

@@ -1,6 +1,8 @@
 """The canonical printer: a parsed spec back to text, in one layout (``archdsl fmt``).
 
-The layout: one statement a line, four spaces of indent a level, ``;`` never; the top-level
+The layout: statements written on one line stay on one line, separated by ``; `` (so a spec
+keeps the grouping of the paper's table), a residual unit opens its own lines; four spaces
+of indent a level; the top-level
 items (imports, blocks, nets) in the order they were written, a blank line between
 definitions; no spaces inside a layer (``conv3-64/2 pad=1``) or an expression (``{4*c}``),
 and no parentheses an expression does not need. Comments are kept: a comment on its own line
@@ -87,27 +89,40 @@ def _braced(lines, header: str, body, depth: int, start: int, end: int, suffix: 
         lines.append(_Line(f"{header} {{}}{suffix}", depth, start, end))
         return
     lines.append(_Line(f"{header} {{", depth, start, start))
+    previous = None
     for stmt in body:
-        _stmt(lines, stmt, depth + 1)
+        # Layers and calls written on one line stay on one line, as the papers' tables group
+        # them (conv3-64 x2; maxpool); a residual unit always opens its own lines.
+        simple = not isinstance(stmt, ast.Residual)
+        if simple and previous is not None and previous.span.line == stmt.span.line:
+            lines[-1].body += "; " + _simple(stmt)
+        else:
+            _stmt(lines, stmt, depth + 1)
+        previous = stmt if simple else None
     lines.append(_Line(f"}}{suffix}", depth, end, end, comment_depth=depth + 1))
 
 
 def _stmt(lines, stmt: ast.Stmt, depth: int) -> None:
-    repeat = f" x{format_expr(stmt.repeat)}" if stmt.repeat is not None else ""
     line = stmt.span.line
+    if isinstance(stmt, ast.Residual):
+        repeat = f" x{format_expr(stmt.repeat)}" if stmt.repeat is not None else ""
+        _braced(lines, "residual" + _options(stmt.options), stmt.body, depth, line, stmt.end_line, repeat)
+    else:
+        lines.append(_Line(_simple(stmt), depth, line, line))
+
+
+def _simple(stmt: ast.Layer | ast.Call) -> str:
+    """A layer or a block call, with its repeat: ``conv3-64/2 pad=1 x2``, ``basic(64, stride=2)``."""
+    repeat = f" x{format_expr(stmt.repeat)}" if stmt.repeat is not None else ""
     if isinstance(stmt, ast.Layer):
         text = stmt.name
         if stmt.width is not None:
             text += f"-{format_expr(stmt.width)}"
         if stmt.stride is not None:
             text += f"/{format_expr(stmt.stride)}"
-        text += _options(stmt.options)
-        lines.append(_Line(text + repeat, depth, line, line))
-    elif isinstance(stmt, ast.Call):
-        args = [format_expr(a) for a in stmt.args] + [f"{o.name}={format_expr(o.value)}" for o in stmt.kwargs]
-        lines.append(_Line(f"{stmt.name}({', '.join(args)}){repeat}", depth, line, line))
-    else:
-        _braced(lines, "residual" + _options(stmt.options), stmt.body, depth, line, stmt.end_line, repeat)
+        return text + _options(stmt.options) + repeat
+    args = [format_expr(a) for a in stmt.args] + [f"{o.name}={format_expr(o.value)}" for o in stmt.kwargs]
+    return f"{stmt.name}({', '.join(args)}){repeat}"
 
 
 def _options(options) -> str:
