@@ -194,6 +194,20 @@ class ArchGraph(nx.DiGraph):
         if self.graph.get("output") == old:
             self.graph["output"] = new
 
+    def copy(self, as_view: bool = False) -> "ArchGraph":
+        """A copy a pass can edit: every node's ``attrs`` and ``meta`` dicts, and the net's
+        parameter values, are its own (``DiGraph.copy`` shares the dicts inside node data, so
+        editing a copy's attrs or re-running an analysis on it would change the original)."""
+        new = super().copy(as_view=as_view)
+        if as_view:
+            return new
+        for _, data in new.nodes(data=True):
+            data["attrs"] = dict(data["attrs"])
+            data["meta"] = dict(data["meta"])
+        if "params" in new.graph:
+            new.graph["params"] = dict(new.graph["params"])
+        return new
+
     # -- reading --------------------------------------------------------------------------
     @property
     def name(self) -> str:

@@ -43,18 +43,6 @@ from archdsl.passes.shapes import infer_shapes
 _COMMUTES = frozenset({Op.DROPOUT, Op.BATCHNORM})
 
 
-def copy_graph(graph: ArchGraph) -> ArchGraph:
-    """A copy whose node attrs and meta can be changed without touching ``graph``."""
-    new = ArchGraph()
-    new.graph.update(graph.graph)
-    new.graph["params"] = dict(graph.graph.get("params", {}))
-    for name, data in graph.nodes(data=True):
-        new.add_node(name, **{**data, "attrs": dict(data["attrs"]), "meta": dict(data["meta"])})
-    for u, v, data in graph.edges(data=True):
-        new.add_edge(u, v, **data)
-    return new
-
-
 def is_dense(graph: ArchGraph) -> bool:
     """Whether ``graph`` is already in fully-convolutional form (the result of :func:`fc_to_conv`)."""
     return graph.graph.get("dense") is not None
@@ -79,7 +67,7 @@ def fc_to_conv(graph: ArchGraph, dense_input: Shape | str | None = None) -> Arch
     """
     if isinstance(dense_input, str):
         dense_input = Shape.parse(dense_input)
-    new = copy_graph(graph)
+    new = graph.copy()
     if not is_dense(graph):
         for name in new.order():
             data = new.nodes[name]
@@ -170,7 +158,7 @@ def drop_output_softmax(graph: ArchGraph) -> ArchGraph:
     Evaluation averages scores before the softmax; a graph that does not end in a softmax is
     returned as a copy.
     """
-    new = copy_graph(graph)
+    new = graph.copy()
     output = new.graph["output"]
     if new.nodes[output]["op"] is Op.SOFTMAX:
         (source,) = new.nodes[output]["args"]

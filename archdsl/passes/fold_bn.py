@@ -23,7 +23,7 @@ the pass itself only rewrites the graph.
 from __future__ import annotations
 
 from archdsl.ir import ArchGraph, Op
-from archdsl.passes.fuse import absorb, refresh, rewritable_copy, sole_consumer
+from archdsl.passes.fuse import absorb, refresh, sole_consumer
 
 __all__ = ["fold_bn_params", "fuse_conv_bn"]
 
@@ -34,7 +34,7 @@ def fuse_conv_bn(graph: ArchGraph) -> ArchGraph:
 
     Returns a new graph; ``graph`` is not modified.
     """
-    new = rewritable_copy(graph)
+    new = graph.copy()
     for name in graph.order():
         if name not in new:  # absorbed into an earlier node
             continue

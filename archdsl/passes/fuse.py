@@ -12,8 +12,8 @@ Rules shared by both passes (see :func:`sole_consumer`):
   residual shortcut) must keep that raw output, so it is left alone;
 * the fused node keeps the conv's name (and span and scope); the absorbed node disappears and
   its readers, and the graph output, read the fused node instead;
-* the input graph is never modified: the passes work on :func:`rewritable_copy`, re-derive
-  shapes and counts, and return the copy. Both are idempotent.
+* the input graph is never modified: the passes edit ``graph.copy()`` (node attrs and meta
+  copied too), re-derive shapes and counts, and return the copy. Both are idempotent.
 """
 
 from __future__ import annotations
@@ -22,21 +22,7 @@ from archdsl.ir import ArchGraph, Op
 from archdsl.passes.analysis import analyse
 from archdsl.passes.shapes import infer_shapes
 
-__all__ = ["absorb", "fuse_conv_relu", "fusion_summary", "refresh", "rewritable_copy", "sole_consumer"]
-
-
-def rewritable_copy(graph: ArchGraph) -> ArchGraph:
-    """A copy whose node ``attrs`` and ``meta`` dicts are its own.
-
-    ``graph.copy()`` copies each node's data dict but not the dicts inside it, so editing a
-    node's attrs, or re-running an analysis (which writes into ``meta``), would also change
-    the original graph.
-    """
-    new = graph.copy()
-    for _, data in new.nodes(data=True):
-        data["attrs"] = dict(data["attrs"])
-        data["meta"] = dict(data["meta"])
-    return new
+__all__ = ["absorb", "fuse_conv_relu", "fusion_summary", "refresh", "sole_consumer"]
 
 
 def sole_consumer(graph: ArchGraph, name: str, op: Op) -> str | None:
@@ -64,7 +50,7 @@ def fuse_conv_relu(graph: ArchGraph) -> ArchGraph:
 
     Returns a new graph; ``graph`` is not modified.
     """
-    new = rewritable_copy(graph)
+    new = graph.copy()
     for name in graph.order():
         if name not in new:  # absorbed into an earlier node
             continue
