@@ -49,6 +49,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from archdsl.codegen.triton.runtime import kernel_can_run
+
 __all__ = [
     "ConfigCheck",
     "FusedConv2d",
@@ -692,14 +694,6 @@ def conv2d_relu(
 # --------------------------------------------------------------------------------------------
 
 
-def _kernel_can_run(x: torch.Tensor) -> bool:
-    if x.dtype not in _SUPPORTED_DTYPES:
-        return False
-    if _INTERPRET:
-        return x.dtype != torch.bfloat16
-    return x.is_cuda
-
-
 class FusedConv2d(torch.nn.Conv2d):
     """``nn.Conv2d`` with an optional fused ReLU and residual input, run by the Triton kernel.
 
@@ -765,7 +759,7 @@ class FusedConv2d(torch.nn.Conv2d):
         return self._packed
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if _kernel_can_run(x) and x.dtype == self.weight.dtype:
+        if kernel_can_run(x, self.weight):
             stride, padding, out_shape = _check_inputs(
                 x, self.weight, self.bias, residual, self.stride, self.padding, self.groups
             )
