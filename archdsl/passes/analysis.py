@@ -65,6 +65,7 @@ def describe(op: Op, attrs: dict) -> str:
         extra = "".join([
             f" groups {attrs['groups']}" if attrs["groups"] > 1 else "",
             "" if attrs["bias"] else " no-bias",
+            " (from fc)" if attrs.get("from_linear") else "",
         ])
         kind = "conv"
         if op is Op.FUSED_CONV:  # conv+bn+relu 3x3/1 pad 1, 64
