@@ -19,10 +19,7 @@ from archdsl.ir import Op
 from archdsl.passes.fc_to_conv import drop_output_softmax, fc_to_conv
 from archdsl.pipeline import load_for_dense
 
-try:  # the project's shared strategies of random valid nets
-    from archdsl import testing as shared
-except ImportError:  # pragma: no cover
-    shared = None
+from archdsl import testing as shared  # the project's strategies of random valid nets
 
 
 def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -368,9 +365,8 @@ def test_random_nets_emitted_dense_source_matches(net):
         torch.testing.assert_close(emitted(x), dense(x), rtol=0, atol=0)
 
 
-@pytest.mark.skipif(shared is None, reason="archdsl.testing (shared random-net strategies) is not available")
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
-@given(shared.graphs() if shared is not None else st.nothing(), st.integers(0, 3))
+@given(shared.graphs(), st.integers(0, 3))
 def test_shared_random_graphs_dense_form(graph, grow):
     # Nets of every layer kind, residual units and blocks: the dense form is either refused
     # for a reason (a global pooling it cannot move past the classifier) or lowers to modules
