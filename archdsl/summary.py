@@ -54,17 +54,20 @@ def _si(n: float) -> str:
 
 
 def table(graph: ArchGraph, brief: bool = False) -> str:
-    """A fixed-width table: one row per node (or per weighted layer with ``brief``), then totals."""
-    header = ("layer", "op", "output", "params", "MACs", "RF")
+    """A fixed-width table: one row per node (or per weighted layer with ``brief``), then totals.
+
+    RF is the receptive field and stride the spacing of the output grid, both along the
+    height in input pixels."""
+    header = ("layer", "op", "output", "params", "MACs", "RF", "stride")
     body = []
     for row in rows(graph):
         if brief and not row["params"] and row["op"] != "input":
             continue
         body.append((row["name"], row["layer"], "x".join(map(str, row["output_shape"])),
                      f"{row['params']:,}" if row["params"] else "", _si(row["macs"]) if row["macs"] else "",
-                     str(row["receptive_field"])))
+                     str(row["receptive_field"]), str(row["stride"])))
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    right = {3, 4, 5}
+    right = {3, 4, 5, 6}
 
     def fmt(r):
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
