@@ -202,3 +202,10 @@ def test_graph_is_a_networkx_digraph_with_spans():
     assert (span.file, span.line, span.column) == ("a.arch", 3, 3)
     assert list(g.predecessors("fc1")) == ["relu1"]
     archdsl.verify(g)
+
+
+def test_argument_lists_may_break_across_lines():
+    text = "block b(c,\n        k=3\n) { conv-{c} k={k} }\nnet n(\n    c=4,\n    classes=10) : 3x8x8 {\n    b({c},\n      k=1)\n    fc-{classes}\n}\n"
+    one_line = "block b(c, k=3) { conv-{c} k={k} }\nnet n(c=4, classes=10) : 3x8x8 { b({c}, k=1); fc-{classes} }\n"
+    a, b = archdsl.loads(text), archdsl.loads(one_line)
+    assert [(n, d["op"], d["attrs"]) for n, d in a.ops()] == [(n, d["op"], d["attrs"]) for n, d in b.ops()]
