@@ -59,7 +59,7 @@ class Op(enum.Enum):
 
 @dataclass(frozen=True)
 class OpSchema:
-    arity: int
+    arity: int | tuple[int, int]  # inputs: a number, or (fewest, most)
     attrs: dict[str, type | tuple[type, ...]]
     weighted: bool = False  # owns a weight tensor whose multiply-accumulates count as MACs
     doc: str = ""
@@ -99,15 +99,17 @@ SCHEMA: dict[Op, OpSchema] = {
         doc="identity shortcut where dimensions grow: x[:, :, ::s, ::s], zero-padded channels",
     ),
     Op.FUSED_CONV: OpSchema(
-        1,
+        (1, 2),
         {"out_channels": int, "kernel": tuple, "stride": tuple, "padding": tuple,
          "groups": int, "bias": bool, "bn": bool, "eps": float, "bn_name": str, "relu": bool},
         weighted=True,
         doc="a conv (the CONV attrs; the node keeps the conv's name) followed by a batch norm "
             "when ``bn`` (with its ``eps``; ``bn_name`` is the name the BN node had, which the "
             "lowering keeps for the BN's parameters so state_dict keys do not change; \"\" "
-            "without BN) and a ReLU when ``relu``. Made by passes/fold_bn.py and passes/fuse.py; "
-            "in eval mode the BN is folded into the conv's weight and bias",
+            "without BN) and a ReLU when ``relu``; with the optional ``residual`` (True), a "
+            "second input is added before the ReLU (a ResNet block's shortcut). Made by "
+            "passes/fold_bn.py and passes/fuse.py; in eval mode the BN is folded into the "
+            "conv's weight and bias",
     ),
 }
 
@@ -275,7 +277,8 @@ def verify(graph: ArchGraph, analysed: bool = True) -> None:
             fail(name, f"op {op!r} is not an Op")
         schema = SCHEMA[op]
         args = data.get("args")
-        if not isinstance(args, tuple) or len(args) != schema.arity:
+        low, high = schema.arity if isinstance(schema.arity, tuple) else (schema.arity, schema.arity)
+        if not isinstance(args, tuple) or not low <= len(args) <= high:
             fail(name, f"{op.value} takes {schema.arity} input(s), has args {args!r}")
         preds = {(u, graph.edges[u, name]["index"]) for u in graph.predecessors(name)}
         if preds != {(a, i) for i, a in enumerate(args)}:
@@ -292,6 +295,8 @@ def verify(graph: ArchGraph, analysed: bool = True) -> None:
             fail(name, "is not used and is not the output")
         if op is Op.FUSED_CONV and attrs["bn"] != bool(attrs["bn_name"]):
             fail(name, "a fused conv names its batch norm (bn_name) exactly when it has one (bn)")
+        if op is Op.FUSED_CONV and len(args) != 1 + bool(attrs.get("residual")):
+            fail(name, "a fused conv has a second input exactly when it adds a residual")
     owned: set[str] = set()  # names a fused conv keeps for its batch norm's parameters
     for name, data in graph.nodes(data=True):
         bn_name = data["attrs"].get("bn_name") if data["op"] is Op.FUSED_CONV else ""

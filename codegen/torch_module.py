@@ -31,15 +31,19 @@ class ArchModule(torch.nn.Module):
         frees = last_uses(graph, order)
         self._input = graph.graph["input"]
         self._output = graph.graph["output"]
-        self._program = []
-        for name in order:
-            if name == self._input:
-                continue
-            lowered = lower(graph, name, backend)
+        lowered_nodes = {name: lower(graph, name, backend) for name in graph.nodes if name != self._input}
+        # Layers are registered in the order the spec wrote them (so the state_dict's order does
+        # not depend on how a fusion rewired inputs); the program runs in topological order.
+        for name, lowered in lowered_nodes.items():
             if lowered.layer is not None:
                 self.add_module(name, lowered.layer.build())
             for _, attribute, layer in lowered.extra:  # e.g. a fused conv's batch norm
                 self.add_module(attribute, layer.build())
+        self._program = []
+        for name in order:
+            if name == self._input:
+                continue
+            lowered = lowered_nodes[name]
             self._program.append((name, lowered.layer is not None, lowered.fn,
                                   graph.nodes[name]["args"], tuple(frees[name]),
                                   tuple((role, attribute) for role, attribute, _ in lowered.extra)))

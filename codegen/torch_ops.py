@@ -76,8 +76,10 @@ def _conv_kwargs(a: dict) -> dict:
 
 
 def _torch_conv_bn_relu(relu: bool) -> Callable:
-    def fn(conv, x, bn=None):
+    def fn(conv, x, residual=None, bn=None):
         y = conv(x) if bn is None else bn(conv(x))
+        if residual is not None:
+            y = y + residual
         return torch.relu(y) if relu else y
     return fn
 
@@ -85,22 +87,23 @@ def _torch_conv_bn_relu(relu: bool) -> Callable:
 def _triton_conv_bn_relu(relu: bool) -> Callable:
     from archdsl.codegen.triton.runtime import fused_conv  # imports no triton itself
 
-    def fn(conv, x, bn=None):
-        return fused_conv(x, conv, bn, relu=relu)
+    def fn(conv, x, residual=None, bn=None):
+        return fused_conv(x, conv, bn, relu=relu, residual=residual)
     return fn
 
 
 def _lower_fused_conv(a: dict, x, backend: str) -> Lowered:
-    """FUSED_CONV: conv [-> BN] [-> ReLU]. The conv is the node's layer; the BN is an extra
-    layer named as the BN node was (``bn_name``), so the state_dict matches the unfused graph's.
+    """FUSED_CONV: conv [-> BN] [+ residual] [-> ReLU]. The conv is the node's layer; the BN is
+    an extra layer named as the BN node was (``bn_name``), so the state_dict matches the
+    unfused graph's; the residual is the node's second input.
 
-    ``torch``: nn.Conv2d, nn.BatchNorm2d, torch.relu -- the unfused computation, op for op.
-    ``triton``: FusedConv2d (ReLU in its epilogue when there is no BN) and
+    ``torch``: nn.Conv2d, nn.BatchNorm2d, +, torch.relu -- the unfused computation, op for op.
+    ``triton``: FusedConv2d (residual and ReLU in its epilogue when there is no BN) and
     :func:`archdsl.codegen.triton.runtime.fused_conv`, which folds the BN into the conv's
     weight and bias in eval mode and keeps BN semantics in training mode.
     """
     kwargs = _conv_kwargs(a)
-    bn, relu = a["bn"], a["relu"]
+    bn, relu, residual = a["bn"], a["relu"], a.get("residual", False)
     extra = ()
     if bn:
         bn_kwargs = {} if a["eps"] == 1e-5 else {"eps": a["eps"]}
@@ -109,10 +112,13 @@ def _lower_fused_conv(a: dict, x, backend: str) -> Lowered:
         if relu and not bn:
             kwargs["relu"] = True  # with a BN the ReLU comes after it: runtime.fused_conv
         layer = Layer("archdsl.codegen.triton.conv", "FusedConv2d", (x.c, a["out_channels"]), kwargs)
-        expr = "fused_conv({0}, {self}, {bn}" + (", relu=True)" if relu else ")") if bn else "fused_conv({0}, {self})"
-        return Lowered(layer, expr, _triton_conv_bn_relu(relu and bn), extra,
+        call = ["{0}", "{self}"] + (["{bn}"] + (["relu=True"] if relu else []) if bn else [])
+        call += ["residual={1}"] if residual else []
+        return Lowered(layer, f"fused_conv({', '.join(call)})", _triton_conv_bn_relu(relu and bn), extra,
                        ("from archdsl.codegen.triton.runtime import fused_conv",))
     expr = "{bn}({self}({0}))" if bn else "{self}({0})"
+    if residual:
+        expr = f"{expr} + {{1}}"
     if relu:
         expr = f"torch.relu({expr})"
     return Lowered(_nn("Conv2d", x.c, a["out_channels"], **kwargs), expr, _torch_conv_bn_relu(relu), extra)

@@ -67,7 +67,8 @@ def emit_source(graph: ArchGraph, backend: str = "torch") -> str:
         var[node] = names.create(node)
 
     imports = {"import torch", "import torch.nn as nn", "import torch.nn.functional as F"}
-    init, forward = [], []
+    layers: dict[str, list[str]] = {}  # node -> its lines in __init__
+    forward = []
     for node in order[1:]:
         data = graph.nodes[node]
         lowered = lower(graph, node, backend)
@@ -86,7 +87,7 @@ def emit_source(graph: ArchGraph, backend: str = "torch") -> str:
                 ctor = layer.cls
             args = [_literal(a) for a in layer.args]
             args += [f"{k}={_literal(v)}" for k, v in layer.kwargs.items()]
-            init.append(f"        self.{attribute} = {ctor}({', '.join(args)})")
+            layers.setdefault(node, []).append(f"        self.{attribute} = {ctor}({', '.join(args)})")
         expr = lowered.expr.format(*(var[a] for a in data["args"]), self=f"self.{var[node]}", **roles)
         line = f"        {var[node]} = {expr}"
         dead = [var[v] for v in frees[node] if v != graph.graph["input"]]
@@ -94,6 +95,9 @@ def emit_source(graph: ArchGraph, backend: str = "torch") -> str:
             line += f"; del {', '.join(dead)}"
         line += f"  # {graph.shape(node)}"
         forward.append(line)
+    # Layers are declared in the order the spec wrote them (the state_dict's order), which a
+    # fusion that rewires inputs does not change; forward runs in topological order.
+    init = [line for node in graph.nodes if node in layers for line in layers[node]]
 
     converted = {var[n]: shape for n, shape in from_linear(graph).items()}
     assert all(v.isidentifier() for v in converted)

@@ -27,13 +27,13 @@ import archdsl.testing as at
 from archdsl.codegen.torch_source import emit_source
 from archdsl.codegen.triton import runtime
 from archdsl.ir import ArchGraph, Op, Shape, VerifyError, verify
-from archdsl.passes import lowering_pipeline
+from archdsl.passes import TRITON_FUSIONS, lowering_pipeline
 from archdsl.passes.analysis import analyse, describe
 from archdsl.passes.fold_bn import fold_bn_params, fuse_conv_bn
 from archdsl.passes.fuse import fuse_conv_relu
 from archdsl.passes.shapes import infer, infer_shapes
 
-PASSES = (fuse_conv_bn, fuse_conv_relu)
+PASSES = TRITON_FUSIONS
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,18 +383,33 @@ def check_fusion_rules(g: ArchGraph, f: ArchGraph) -> None:
             expect_bn = sole(n, Op.BATCHNORM)
             tail = g.users(n)[0] if expect_bn else n
             expect_relu = sole(tail, Op.RELU)
+            # conv -> bn -> add [-> relu]: the add's other input joins the fused node, unless it
+            # is the conv's own input (one edge cannot carry both)
+            add = g.users(tail)[0] if expect_bn and not expect_relu and sole(tail, Op.ADD) else None
+            others = [i for i in g.nodes[add]["args"] if i != tail] if add else []
+            candidate = len(others) == 1 and others[0] != d["args"][0]
+            # where both inputs of the add are such convs, the first in order takes the add
+            expect_residual = candidate and f.nodes[n]["attrs"].get("residual", False)
+            if candidate and not expect_residual:
+                assert add not in f, n  # taken by the conv on the add's other input
+            if expect_residual:
+                expect_relu = sole(add, Op.RELU)
             if not (expect_bn or expect_relu):
                 assert f.nodes[n]["op"] is Op.CONV, n  # includes every conv with several readers
                 continue
             a = f.nodes[n]["attrs"]
             assert f.nodes[n]["op"] is Op.FUSED_CONV, n
-            assert (a["bn"], a["relu"]) == (expect_bn, expect_relu), n
+            assert (a["bn"], a["relu"], a.get("residual", False)) == (expect_bn, expect_relu, expect_residual), n
             assert a["bn_name"] == (tail if expect_bn else "")
+            assert len(f.nodes[n]["args"]) == 1 + expect_residual  # (names of absorbed nodes move)
             absorbed = [tail] if expect_bn else []
+            last = add if expect_residual else tail
+            if expect_residual:
+                absorbed.append(add)
             if expect_relu:
-                absorbed.append(g.users(tail)[0])
+                absorbed.append(g.users(last)[0])
             assert not any(m in f for m in absorbed)
-        elif d["op"] not in (Op.BATCHNORM, Op.RELU):
+        elif d["op"] not in (Op.BATCHNORM, Op.RELU, Op.ADD):
             assert f.nodes[n]["op"] is d["op"] and n in f
 
 
@@ -600,10 +615,12 @@ def test_build_summary_shows_the_fused_graph(capsys, tmp_path):
     assert main(["build", "resnet18", "--backend", "triton", "-o", str(tmp_path / "r.py")]) == 0
     text = capsys.readouterr().out
     assert "conv+bn+relu 7x7/2 pad 3, 64 no-bias" in text
-    assert "conv+bn 3x3/1 pad 1, 64 no-bias" in text
+    assert "conv+bn+add+relu 3x3/1 pad 1, 64 no-bias" in text  # a block's second conv and its add
+    assert "conv+bn 1x1/2 pad 0, 128 no-bias" in text  # a projection shortcut
     assert " bn " not in text and "layer1_bn" not in text
     assert "11,689,512" in text  # parameters unchanged by fusion
-    assert "backend triton: fused 20 convs: 11 conv+bn, 9 conv+bn+relu; batch norm folded" in text
+    assert "backend triton: fused 20 convs: 3 conv+bn, 8 conv+bn+add+relu, 9 conv+bn+relu; batch norm folded" in text
+    assert " add " not in text
     assert main(["build", "resnet18", "-o", str(tmp_path / "t.py")]) == 0
     assert "conv+bn" not in capsys.readouterr().out
 
@@ -716,7 +733,7 @@ def test_triton_backend_agrees_with_torch_on_a_tiny_net(kernels_only, monkeypatc
     graph = archdsl.loads(TINY)
     f = fused(graph)
     assert [describe(d["op"], d["attrs"]).split(" ")[0] for _, d in f.ops() if d["op"] is Op.FUSED_CONV] == [
-        "conv+bn+relu", "conv+bn+relu", "conv+bn", "conv+relu"]
+        "conv+bn+relu", "conv+bn+relu", "conv+bn+add+relu", "conv+relu"]
     torch.manual_seed(0)
     ref = randomise(archdsl.compile(graph)).to(device)
     tri = archdsl.compile(graph, backend="triton").to(device)

@@ -7,8 +7,14 @@ The lowering plan (what runs between a checked graph and a module) is
 from __future__ import annotations
 
 from archdsl.ir import ArchGraph, Shape, verify
+from archdsl.passes.fold_bn import fuse_conv_bn
+from archdsl.passes.fuse import fuse_conv_relu, fuse_residual
 
 BACKENDS = ("torch", "triton")
+
+#: The triton backend's fusions, in order: conv -> bn -> [add ->] relu chains become single
+#: FUSED_CONV nodes, computed in the conv kernel's epilogue.
+TRITON_FUSIONS = (fuse_conv_bn, fuse_conv_relu, fuse_residual)
 
 
 def lowering_pipeline(graph: ArchGraph, *, backend: str = "torch", dense: bool = False,
@@ -27,11 +33,7 @@ def lowering_pipeline(graph: ArchGraph, *, backend: str = "torch", dense: bool =
         graph = fc_to_conv(graph, dense_input)
     verify(graph)
     if backend == "triton":
-        # conv -> bn -> relu chains into single FUSED_CONV nodes (the kernel's epilogue).
-        from archdsl.passes.fold_bn import fuse_conv_bn
-        from archdsl.passes.fuse import fuse_conv_relu
-
-        for fusion in (fuse_conv_bn, fuse_conv_relu):
+        for fusion in TRITON_FUSIONS:
             graph = fusion(graph)
             verify(graph)
     return graph

@@ -69,7 +69,7 @@ def describe(op: Op, attrs: dict) -> str:
         ])
         kind = "conv"
         if op is Op.FUSED_CONV:  # conv+bn+relu 3x3/1 pad 1, 64
-            kind += "+bn" * attrs["bn"] + "+relu" * attrs["relu"]
+            kind += "+bn" * attrs["bn"] + "+add" * attrs.get("residual", False) + "+relu" * attrs["relu"]
         return f"{kind} {kh}x{kw}/{s} pad {p}, {attrs['out_channels']}{extra}"
     if op is Op.LINEAR:
         return f"fc {attrs['out_features']}" + ("" if attrs["bias"] else " no-bias")

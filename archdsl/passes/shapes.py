@@ -49,7 +49,10 @@ def infer_node(op: Op, attrs: dict, inputs: list[Shape]) -> Shape:
                 f"conv with groups={groups} needs input and output channels divisible by {groups}, "
                 f"found {x.c} in and {out} out"
             )
-        return Shape.of(out, *_spatial("conv", x, attrs["kernel"], attrs["stride"], attrs["padding"]))
+        y = Shape.of(out, *_spatial("conv", x, attrs["kernel"], attrs["stride"], attrs["padding"]))
+        if len(inputs) > 1 and inputs[1] != y:  # a fused residual add
+            raise ShapeError(f"residual add of {y} with {inputs[1]}: expected two tensors of the same shape")
+        return y
     if op in (Op.MAXPOOL, Op.AVGPOOL):
         _need_map(op.value, x)
         (kh, kw), (ph, pw) = attrs["kernel"], attrs["padding"]

@@ -129,23 +129,26 @@ def _why_not(x: torch.Tensor, weight: torch.Tensor) -> str:
             f"(weight {weight.dtype} on {weight.device})")
 
 
-def _conv(x: torch.Tensor, conv, weight, bias, relu: bool) -> torch.Tensor:
-    """``relu?(conv2d(x, weight, bias))`` with ``conv``'s stride, padding and groups: the
-    Triton kernel where it runs, else F.conv2d (with the notice)."""
+def _conv(x: torch.Tensor, conv, weight, bias, relu: bool, residual=None) -> torch.Tensor:
+    """``relu?(conv2d(x, weight, bias) + residual?)`` with ``conv``'s stride, padding and
+    groups: the Triton kernel where it runs, else F.conv2d (with the notice)."""
     if kernel_can_run(x, weight):
         from archdsl.codegen.triton.conv import conv2d
 
-        return conv2d(x, weight, bias, tuple(conv.stride), tuple(conv.padding), conv.groups, relu=relu)
+        return conv2d(x, weight, bias, tuple(conv.stride), tuple(conv.padding), conv.groups, relu=relu,
+                      residual=residual)
     notice(_why_not(x, weight))
     y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if residual is not None:
+        y = y + residual
     return torch.relu(y) if relu else y
 
 
-def _run(x: torch.Tensor, conv) -> torch.Tensor:
+def _run(x: torch.Tensor, conv, residual=None) -> torch.Tensor:
     """A FusedConv2d's own forward (kernel, cached packed weight) where the kernel runs."""
     if kernel_can_run(x, conv.weight):
-        return conv(x)
-    return _conv(x, conv, conv.weight, conv.bias, conv.relu)
+        return conv(x, residual)
+    return _conv(x, conv, conv.weight, conv.bias, conv.relu, residual)
 
 
 # conv module -> (key of the tensors it was folded from, FusedConv2d holding the folded ones)
@@ -197,8 +200,8 @@ def _folded_conv(conv, bn, relu: bool):
     return folded
 
 
-def fused_conv(x: torch.Tensor, conv, bn=None, relu: bool = False) -> torch.Tensor:
-    """The forward of a FUSED_CONV node in the triton backend: ``relu?(bn?(conv(x)))``.
+def fused_conv(x: torch.Tensor, conv, bn=None, relu: bool = False, residual=None) -> torch.Tensor:
+    """The forward of a FUSED_CONV node in the triton backend: ``relu?(bn?(conv(x)) + residual?)``.
 
     Args:
         x: the input, [N, C, H, W].
@@ -206,14 +209,17 @@ def fused_conv(x: torch.Tensor, conv, bn=None, relu: bool = False) -> torch.Tens
             lowering gives it the node's ReLU (``relu=True``, done in the kernel's epilogue);
             with ``bn`` it is the part before the BN and has ``relu=False``.
         bn: the node's ``nn.BatchNorm2d``, or None.
-        relu: apply a ReLU at the end (after the BN).
+        relu: apply a ReLU at the end (after the BN and the residual).
+        residual: a tensor of the output's shape added before the ReLU, or None.
     """
     if bn is None:
-        y = _run(x, conv)
+        y = _run(x, conv, residual)
         return torch.relu(y) if relu and not conv.relu else y
     if bn.training or bn.running_mean is None:  # batch statistics: BN stays a BN
         _folded.pop(conv, None)  # the running statistics are about to change
         y = bn(_run(x, conv))
+        if residual is not None:
+            y = y + residual
         return torch.relu(y) if relu else y
     tensors = [t for t in (x, *_bn_tensors(conv, bn)) if t is not None]
     if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) \
@@ -221,6 +227,6 @@ def fused_conv(x: torch.Tensor, conv, bn=None, relu: bool = False) -> torch.Tens
         # Fold on every call: differentiably, or because parameters made under inference_mode
         # have no version counter to tell an in-place update by.
         weight, bias = _fold(conv, bn)
-        return _conv(x, conv, weight, bias, relu)
+        return _conv(x, conv, weight, bias, relu, residual)
     folded = _folded_conv(conv, bn, relu)
-    return _run(x, folded)
+    return _run(x, folded, residual)
