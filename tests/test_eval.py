@@ -4,12 +4,12 @@ import re
 
 import pytest
 import torch
+from PIL import Image
 
 import archdsl
 from archdsl import evaluation as ev
 from archdsl.cli import main
 
-Image = pytest.importorskip("PIL.Image", reason="image evaluation needs Pillow")
 
 # Two conv stages and two fc layers: the fc layers see a 16x8x8 map at 32x32.
 TINY = """net tiny(classes=2) : 3x32x32 {
