@@ -215,6 +215,23 @@ def _output_pixels(pid_m, M, OUT_H, OUT_W, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def _window_origin(n, oh, ow, g, C_IN_G, STRIDE_H, STRIDE_W, PAD_H, PAD_W,
+                   stride_xn, stride_xh, stride_xw, stride_xc):
+    """Top-left input pixel (ih0, iw0) of each output pixel's window (negative inside the
+    padding), and the offset in x of its group's first channel -- int64, since N * H * W * C
+    can pass 2**31."""
+    ih0 = oh * STRIDE_H - PAD_H
+    iw0 = ow * STRIDE_W - PAD_W
+    x_rows = (
+        n.to(tl.int64) * stride_xn
+        + ih0.to(tl.int64) * stride_xh
+        + iw0.to(tl.int64) * stride_xw
+        + (g * C_IN_G).to(tl.int64) * stride_xc
+    )
+    return ih0, iw0, x_rows
+
+
+@triton.jit
 def _mma(a, b, acc, ALLOW_TF32: tl.constexpr):
     # input_precision only matters for fp32 operands; fp16/bf16 always use tensor cores.
     if ALLOW_TF32:
@@ -281,16 +298,8 @@ def conv2d_fwd_kernel(
     pid_m, pid_n, g = _tile_ids(M, C_OUT_G, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
     n, oh, ow, mask_m = _output_pixels(pid_m, M, OUT_H, OUT_W, BLOCK_M)
 
-    # Top-left input pixel of each output pixel's window (negative inside the padding), and
-    # its offset in x -- int64, since N * H * W * C can pass 2**31.
-    ih0 = oh * STRIDE_H - PAD_H
-    iw0 = ow * STRIDE_W - PAD_W
-    x_rows = (
-        n.to(tl.int64) * stride_xn
-        + ih0.to(tl.int64) * stride_xh
-        + iw0.to(tl.int64) * stride_xw
-        + (g * C_IN_G).to(tl.int64) * stride_xc
-    )
+    ih0, iw0, x_rows = _window_origin(n, oh, ow, g, C_IN_G, STRIDE_H, STRIDE_W, PAD_H, PAD_W,
+                                      stride_xn, stride_xh, stride_xw, stride_xc)
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < C_OUT_G
@@ -359,14 +368,8 @@ def conv2d_fwd_small_c_kernel(
     pid_m, pid_n, g = _tile_ids(M, C_OUT_G, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
     n, oh, ow, mask_m = _output_pixels(pid_m, M, OUT_H, OUT_W, BLOCK_M)
 
-    ih0 = oh * STRIDE_H - PAD_H
-    iw0 = ow * STRIDE_W - PAD_W
-    x_rows = (
-        n.to(tl.int64) * stride_xn
-        + ih0.to(tl.int64) * stride_xh
-        + iw0.to(tl.int64) * stride_xw
-        + (g * C_IN_G).to(tl.int64) * stride_xc
-    )
+    ih0, iw0, x_rows = _window_origin(n, oh, ow, g, C_IN_G, STRIDE_H, STRIDE_W, PAD_H, PAD_W,
+                                      stride_xn, stride_xh, stride_xw, stride_xc)
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < C_OUT_G
