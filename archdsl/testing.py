@@ -724,23 +724,18 @@ def real_shapes(module, x, expected: dict[str, tuple[int, ...]] | None = None) -
     """Run ``module`` on ``x`` and return, for every submodule (named as its node), the shape of
     one sample of its real output, recorded by forward hooks. With ``expected``, raise
     AssertionError at the first layer whose output differs (before later layers fail on it)."""
-    import torch
 
     seen: dict[str, tuple[int, ...]] = {}
-    handles = []
-    for name, sub in module.named_children():
-        def hook(_, __, out, name=name):
+
+    def recorder(name):
+        def hook(_, __, out):
             seen[name] = tuple(out.shape[1:])
             if expected is not None and name in expected and seen[name] != tuple(expected[name]):
                 raise AssertionError(f"node {name!r}: inferred shape {tuple(expected[name])}, "
                                      f"PyTorch produces {seen[name]}")
-        handles.append(sub.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            module(x)
-    finally:
-        for h in handles:
-            h.remove()
+        return hook
+
+    _run_hooked(module, x, [(sub, recorder(name)) for name, sub in module.named_children()])
     return seen
 
 
@@ -759,15 +754,23 @@ def count_macs(module, x) -> int:
         else:  # each output feature: one multiply-accumulate per input feature
             total += per_sample * inputs[0].shape[-1]
 
-    handles = [m.register_forward_hook(hook) for m in module.modules()
-               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    _run_hooked(module, x, [(m, hook) for m in module.modules()
+                            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))])
+    return total
+
+
+def _run_hooked(module, x, hooks) -> None:
+    """One forward pass of ``module`` on ``x`` without gradients, with ``(submodule, hook)``
+    forward hooks registered for its duration."""
+    import torch
+
+    handles = [sub.register_forward_hook(hook) for sub, hook in hooks]
     try:
         with torch.no_grad():
             module(x)
     finally:
         for h in handles:
             h.remove()
-    return total
 
 
 def count_params(module) -> int:
