@@ -58,6 +58,7 @@ __all__ = [
     "conv2d_fwd_kernel",
     "conv2d_fwd_small_c_kernel",
     "conv2d_relu",
+    "launch_args",
     "pack_weight",
     "uses_small_c_kernel",
     "validate_configs",
@@ -518,21 +519,18 @@ def _nhwc_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     return t.stride(0), t.stride(2), t.stride(3), t.stride(1)
 
 
-def _launch(
-    x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu,
-    *, small_c=None, config=None,
+def launch_args(
+    x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu, *, small_c=None,
 ):  # fmt: skip
-    """Run a kernel on checked arguments; returns ``out`` (channels_last [N, C_out, H_out, W_out]).
+    """The kernel, grid, positional arguments and flags of one conv launch.
 
-    ``small_c`` forces a kernel (default: by channel count); ``config`` (a triton.Config)
-    bypasses the autotuner and runs that tile configuration.
+    Only shapes, strides and dtypes are read, so meta tensors do: :mod:`.aot` compiles the
+    kernels offline from exactly the arguments a real launch would pass.
     """
     kh, kw = kernel_size
     n, c_in, h, w = x.shape
     c_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
     c_in_g, c_out_g = c_in // groups, c_out // groups
-    if out.numel() == 0:
-        return out
     if small_c is None:
         small_c = uses_small_c_kernel(c_in_g)
     kernel = conv2d_fwd_small_c_kernel if small_c else conv2d_fwd_kernel
@@ -558,6 +556,23 @@ def _launch(
         HAS_RESIDUAL=residual is not None,
         APPLY_RELU=bool(relu),
         ALLOW_TF32=bool(torch.backends.cudnn.allow_tf32),
+    )
+    return kernel, grid, args, flags
+
+
+def _launch(
+    x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu,
+    *, small_c=None, config=None,
+):  # fmt: skip
+    """Run a kernel on checked arguments; returns ``out`` (channels_last [N, C_out, H_out, W_out]).
+
+    ``small_c`` forces a kernel (default: by channel count); ``config`` (a triton.Config)
+    bypasses the autotuner and runs that tile configuration.
+    """
+    if out.numel() == 0:
+        return out
+    kernel, grid, args, flags = launch_args(
+        x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu, small_c=small_c
     )
     if x.is_cuda and x.device.index != torch.cuda.current_device():
         with torch.cuda.device(x.device):  # Triton launches on the current device

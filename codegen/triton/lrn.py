@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-__all__ = ["lrn", "lrn_reference", "lrn_torch", "LocalResponseNorm"]
+__all__ = ["lrn", "lrn_reference", "lrn_torch", "launch_args", "LocalResponseNorm"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -349,26 +349,51 @@ def _kernel_view(tensors, fmt):
     return tensors, (n, c, pixels), [s for triple in strides for s in triple]
 
 
-def _launch(tuned, kernel, tensors, out, sizes, strides, params, size, block):
-    n, c, pixels = sizes
-    args = (*tensors, out, n, c, pixels, *strides, *params)
-    beta_is_3_4 = params[1] == 0.75
-    if block is None:
-        grid = lambda meta: (n * triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))
-        tuned[grid](*args, SIZE=size, BETA_IS_3_4=beta_is_3_4)
-    else:
-        # Explicit tiling (tests): block = (BLOCK_C, BLOCK_P) or (BLOCK_C, BLOCK_P, num_warps).
-        block_c, block_p, *warps = block
-        grid = (n * triton.cdiv(pixels, block_p), triton.cdiv(c, block_c))
-        kernel[grid](*args, SIZE=size, BETA_IS_3_4=beta_is_3_4, BLOCK_C=block_c, BLOCK_P=block_p,
-                     num_warps=(warps or [4])[0])
-
-
 def _output(x, fmt, out):
     if out is None:
         return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     if out.shape != x.shape or out.dtype != x.dtype or not out.is_contiguous(memory_format=fmt):
         raise ValueError("lrn: out must match x in shape, dtype and memory format")
+    return out
+
+
+def launch_args(x, size, alpha, beta, k, grad_y=None, out=None):
+    """The output and one launch of the forward (``grad_y`` None) or backward kernel.
+
+    Returns ``(out, tuned, kernel, grid, args, meta)``: the result tensor (dy/dx for the
+    backward) in x's memory format, the autotuned and the plain kernel, the grid function, the
+    positional arguments and the constexpr keywords. ``alpha`` is already converted for the
+    mode. Only shapes, strides and dtypes are read, so meta tensors do: :mod:`.aot` compiles
+    the kernels offline from exactly what a real launch would pass.
+    """
+    fmt = _memory_format(x)
+    out = _output(x, fmt, out)
+    inputs = [x] if grad_y is None else [x, grad_y.to(x.dtype)]
+    views, sizes, strides = _kernel_view([*inputs, out], fmt)
+    *views, out_view = views
+    assert out_view is out  # dense in `fmt`, so never copied
+    n, c, pixels = sizes
+    args = (*views, out, n, c, pixels, *strides, float(alpha), float(beta), float(k))
+    meta = dict(SIZE=size, BETA_IS_3_4=float(beta) == 0.75)
+
+    def grid(m):
+        return (n * triton.cdiv(pixels, m["BLOCK_P"]), triton.cdiv(c, m["BLOCK_C"]))
+
+    if grad_y is None:
+        return out, _lrn_fwd_tuned, _lrn_fwd_kernel, grid, args, meta
+    return out, _lrn_bwd_tuned, _lrn_bwd_kernel, grid, args, meta
+
+
+def _run(x, size, alpha, beta, k, grad_y=None, block=None, out=None):
+    out, tuned, kernel, grid, args, meta = launch_args(x, size, alpha, beta, k, grad_y, out)
+    if out.numel() == 0:
+        return out
+    if block is None:
+        tuned[grid](*args, **meta)
+    else:
+        # Explicit tiling (tests): block = (BLOCK_C, BLOCK_P) or (BLOCK_C, BLOCK_P, num_warps).
+        block_c, block_p, *warps = block
+        kernel[grid](*args, **meta, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=(warps or [4])[0])
     return out
 
 
@@ -378,29 +403,12 @@ def _lrn_forward(x, size, alpha, beta, k, block=None, out=None):
     `block` forces a tiling instead of autotuning and `out` supplies the output buffer; both
     exist for the tests.
     """
-    fmt = _memory_format(x)
-    y = _output(x, fmt, out)
-    if y.numel() == 0:
-        return y
-    (x_k, y_k), sizes, strides = _kernel_view([x, y], fmt)
-    assert y_k is y  # dense in `fmt`, so never copied
-    _launch(_lrn_fwd_tuned, _lrn_fwd_kernel, [x_k], y, sizes, strides,
-            (float(alpha), float(beta), float(k)), size, block)
-    return y
+    return _run(x, size, alpha, beta, k, block=block, out=out)
 
 
 def _lrn_backward(x, grad_y, size, alpha, beta, k, block=None, out=None):
     """dx given x and dL/dy, with alpha already converted for the mode; dx in x's format."""
-    fmt = _memory_format(x)
-    dx = _output(x, fmt, out)
-    if dx.numel() == 0:
-        return dx
-    grad_y = grad_y.to(x.dtype)
-    (x_k, g_k, dx_k), sizes, strides = _kernel_view([x, grad_y, dx], fmt)
-    assert dx_k is dx
-    _launch(_lrn_bwd_tuned, _lrn_bwd_kernel, [x_k, g_k], dx, sizes, strides,
-            (float(alpha), float(beta), float(k)), size, block)
-    return dx
+    return _run(x, size, alpha, beta, k, grad_y=grad_y, block=block, out=out)
 
 
 class _LRNFunction(torch.autograd.Function):
