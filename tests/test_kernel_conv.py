@@ -442,3 +442,57 @@ def test_gpu_offsets_past_2_31():
     assert y.numel() > 2**31
     ref = _reference(x[-1:], wt, None, 1, 0, 1, False, None)
     _assert_close(y[-1:], ref, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------------------------
+# Pruning by what fits the device
+# --------------------------------------------------------------------------------------------
+
+
+def _named(dtype, c_in=256, c_out=256, hw=56, k=3, batch=64):
+    x = torch.empty(batch, c_in, hw, hw, dtype=dtype, device="meta")
+    return {"x_ptr": x, "BATCH": batch, "OUT_H": hw, "OUT_W": hw, "C_IN_G": c_in, "C_OUT_G": c_out,
+            "KH": k, "KW": k}
+
+
+def _tiles(configs):
+    return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+            for c in configs}
+
+
+BIG = [conv._config(128, 256, 64, 8, 3), conv._config(128, 128, 32, 4, 4), conv._config(128, 128, 64, 8, 4),
+       conv._config(64, 64, 32, 4, 5)]
+
+
+def test_prune_drops_what_overflows_shared_memory_or_spills():
+    bf16 = conv._prune_general(BIG, _named(torch.bfloat16), HAS_RESIDUAL=False)
+    assert _tiles(bf16) == _tiles(BIG)
+    # A residual tile in the epilogue: 128 accumulators per thread spill, 64 do not.
+    res = conv._prune_general(BIG, _named(torch.bfloat16), HAS_RESIDUAL=True)
+    assert _tiles(res) == {(128, 128, 64, 8, 4), (64, 64, 32, 4, 5)}
+    # fp32 operands: 3 x (128 + 256) x 64 x 4 B = 288 KB of stages, over the 227 KB of an H100.
+    fp32 = conv._prune_general(BIG, _named(torch.float32), HAS_RESIDUAL=False)
+    assert (128, 256, 64, 8, 3) not in _tiles(fp32) and (64, 64, 32, 4, 5) in _tiles(fp32)
+    # The device's own limit decides where it is known (an sm_86 part has 99 KB).
+    small = conv._prune_general(BIG, _named(torch.bfloat16), HAS_RESIDUAL=False, shared_limit=101_376)
+    assert _tiles(small) == {(128, 128, 32, 4, 4), (64, 64, 32, 4, 5)}
+
+
+def test_prune_never_leaves_nothing():
+    only_big = [conv._config(256, 128, 64, 8, 3)]
+    kept = conv._prune_general(only_big, _named(torch.float32), HAS_RESIDUAL=True, shared_limit=1024)
+    assert _tiles(kept) == _tiles(only_big)
+    first = conv._prune_small_c(conv.small_c_configs(), _named(torch.float32, c_in=3, c_out=64, k=7),
+                                HAS_RESIDUAL=False)
+    assert first
+
+
+def test_small_c_prune_keeps_the_gathers_in_registers():
+    configs = [conv._config(128, 64, 64, 4, 3), conv._config(128, 32, 32, 4, 3), conv._config(64, 128, 32, 4, 3)]
+    named = _named(torch.float32, c_in=3, c_out=128, k=7)
+    assert _tiles(conv._prune_small_c(configs, named)) == {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
+    # 2-byte operands: 64 accumulators and 64 gathered values per thread spill with Triton 3.6.
+    named = _named(torch.bfloat16, c_in=3, c_out=128, k=7)
+    assert _tiles(conv._prune_small_c(configs, named)) == {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
+    configs.append(conv._config(128, 64, 32, 4, 3))  # 64 + 32 per thread: fits both
+    assert (128, 64, 32, 4, 3) in _tiles(conv._prune_small_c(configs, named))
