@@ -1,4 +1,4 @@
-"""The command line: ``archdsl build | check | summary | list | eval | fmt``.
+"""The command line: ``archdsl build | check | summary | list | eval | fmt | kernels``.
 
 Errors in a spec print as ``file:line:col: error: ...`` with the line and a caret, and exit 2;
 an internal error (a bug in archdsl) prints as one, without a traceback, and exits 3.
@@ -95,6 +95,18 @@ def parser() -> argparse.ArgumentParser:
                         "torchvision-trained weights: 58.395,57.12,57.375)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--batch", type=int, default=50, help="crops per forward pass in multi-crop evaluation")
+
+    p = sub.add_parser("kernels", help="compile the triton backend's kernels for a GPU, offline (no GPU needed), "
+                                       "and report each config's shared memory, registers and spills")
+    _spec_args(p)
+    p.add_argument("--arch", type=int, default=90, help="compute capability to compile for (default 90, the H100)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    p.add_argument("--batch", type=int, default=64, help="batch size of the launches (default 64)")
+    p.add_argument("--training", action="store_true",
+                   help="the launches of a training step: BN unfolded, and LRN's backward kernel")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 if a config does not compile, does not fit or spills, or a launch has no config")
     return ap
 
 
@@ -251,8 +263,25 @@ def _fmt(args) -> int:
     return 0
 
 
+def _kernels(args) -> int:
+    import json
+
+    graph = _load(args)
+    try:
+        from archdsl.codegen.triton import aot
+
+        if args.batch < 1:
+            raise ValueError(f"--batch must be positive, got {args.batch}")
+        rep = aot.report(graph, arch=args.arch, dtype=args.dtype, batch=args.batch, training=args.training)
+    except (ImportError, ValueError, RuntimeError) as err:  # aot.AotError is a RuntimeError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(rep.to_json(), indent=1) if args.json else aot.table(rep))
+    return 1 if args.check and rep.problems() else 0
+
+
 COMMANDS = {"build": _build, "check": _check, "summary": _summary, "list": _list, "eval": _eval,
-            "fmt": _fmt}
+            "fmt": _fmt, "kernels": _kernels}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,348 @@
+"""Compile a network's Triton kernels for a GPU without the GPU, and report what each costs.
+
+On a GPU the autotuner compiles, for every launch, each tile config that survives its prune,
+then times them. This module does the compiling part offline: for a lowered graph it lists the
+launches the ``triton`` backend makes (:func:`launches`), takes each launch's arguments from
+the kernel's own ``launch_args`` on meta tensors (so no memory is allocated and nothing can
+drift from what a real launch passes), specialises them with Triton's own binder, prunes the
+configs with the kernel's own prune function, and compiles every survivor for the target
+(sm_90 is the H100). For each config it reports the shared memory, the registers per thread,
+the local memory (register spills), and whether the dot became Hopper's ``wgmma``.
+
+    archdsl kernels specs/vgg_d.arch                 # bf16, batch 64, sm_90
+    archdsl kernels alexnet --training --check       # exit 1 on a config that fails, spills
+                                                     # or on a launch with no config that fits
+
+What it does not tell is speed: that takes the GPU (``benchmarks/bench_conv.py``,
+``bench_lrn.py``). What it does tell, without one, is that every kernel the backend would
+launch compiles with the installed Triton, fits the target's shared memory and keeps its
+working set in registers -- the failures that otherwise show up only on the GPU, as configs the
+autotuner silently skips or as spills that make a config slow.
+
+Triton compiles ahead of time only in a process where its interpreter is off: the kernels
+are decorated once, at import, for one mode or the other. Run with TRITON_INTERPRET unset.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from archdsl.ir import ArchGraph, Op
+
+__all__ = ["Compiled", "Launch", "compile_launches", "launches", "report", "table"]
+
+#: Largest shared memory one block may use (the opt-in limit), bytes, by compute capability.
+SHARED_LIMIT = {80: 166_912, 86: 101_376, 87: 166_912, 89: 101_376, 90: 232_448, 100: 232_448}
+MAX_REGISTERS = 255
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class AotError(RuntimeError):
+    """Offline compilation cannot run in this process (interpreter on, triton missing)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Launch:
+    """One kernel launch of a lowered graph: the layer, the autotuned kernel and its arguments."""
+
+    layer: str
+    kernel: object  # triton.runtime.Autotuner
+    args: tuple
+    meta: dict
+    what: str = ""  # "conv 3x3/1 bias relu", "lrn forward", ...
+
+    @property
+    def kernel_name(self) -> str:
+        return self.kernel.fn.__name__
+
+
+@dataclass
+class Compiled:
+    """One tile config of one kernel variant, compiled for the target."""
+
+    kernel: str
+    variant: str  # dtype and the launch's flags
+    config: str
+    layers: list[str]
+    shared: int = 0  # bytes
+    registers: int = 0  # per thread
+    spill: int = 0  # bytes of local memory per thread
+    wgmma: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+
+    def fits(self, arch: int) -> bool:
+        limit = SHARED_LIMIT.get(arch)
+        return self.error is None and (limit is None or self.shared <= limit)
+
+    def problem(self, arch: int) -> str | None:
+        """Why this config is not clean on the target, or None."""
+        if self.error is not None:
+            return f"does not compile: {self.error}"
+        if not self.fits(arch):
+            return f"needs {self.shared / 1024:.0f} KB shared memory, sm_{arch} has {SHARED_LIMIT[arch] / 1024:.0f} KB"
+        if self.spill:
+            return f"spills {self.spill} bytes per thread to local memory"
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# The launches of a graph
+# --------------------------------------------------------------------------------------------
+
+
+def _meta_tensor(batch: int, shape, dtype, channels_last: bool) -> torch.Tensor:
+    t = torch.empty(batch, *shape.dims, dtype=dtype, device="meta")
+    return t.to(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
+
+
+def launches(graph: ArchGraph, *, batch: int = 64, dtype: torch.dtype = torch.bfloat16,
+             training: bool = False) -> list[Launch]:
+    """The Triton launches of one forward (and, with ``training``, the LRN backward) of
+    ``graph``, lowered for the triton backend, on channels_last activations.
+
+    A conv node launches as :func:`archdsl.codegen.triton.runtime.fused_conv` runs it: in eval
+    mode a BN is folded into the conv (so it has a bias) and the ReLU and residual go to the
+    epilogue; in training mode a conv followed by a BN runs without bias, residual or ReLU
+    (the BN runs between them).
+    """
+    from archdsl.codegen.triton import conv as conv_kernels
+    from archdsl.codegen.triton import lrn as lrn_kernels
+    from archdsl.passes import lowering_pipeline
+
+    graph = lowering_pipeline(graph, backend="triton")
+    out: list[Launch] = []
+    for name in graph.order():
+        data = graph.nodes[name]
+        op, a = data["op"], data["attrs"]
+        if op not in (Op.CONV, Op.FUSED_CONV, Op.LRN):
+            continue
+        x_shape = graph.shape(data["args"][0])
+        x = _meta_tensor(batch, x_shape, dtype, channels_last=True)
+        if op is Op.LRN:
+            alpha = a["alpha"] / a["size"] if a["mode"] == "avg" else a["alpha"]
+            params = (a["size"], alpha, a["beta"], a["k"])
+            passes = [("forward", None)] + ([("backward", torch.empty_like(x))] if training else [])
+            for direction, grad in passes:
+                _, tuned, _, _, args, meta = lrn_kernels.launch_args(x, *params, grad_y=grad)
+                out.append(Launch(name, tuned, args, meta, f"lrn n={a['size']} {direction}"))
+            continue
+        bn = op is Op.FUSED_CONV and a["bn"]
+        relu = op is Op.FUSED_CONV and a["relu"]
+        residual = op is Op.FUSED_CONV and a.get("residual", False)
+        if training and bn:  # the BN runs on the conv's raw output
+            has_bias, relu, residual = a["bias"], False, False
+        else:
+            has_bias = a["bias"] or bn
+        y = _meta_tensor(batch, graph.shape(name), dtype, channels_last=True)
+        groups = a["groups"]
+        w = torch.empty(a["out_channels"], x_shape.c // groups, *a["kernel"], dtype=dtype, device="meta")
+        bias = torch.empty(a["out_channels"], dtype=dtype, device="meta") if has_bias else None
+        kernel, _, args, flags = conv_kernels.launch_args(
+            x, conv_kernels.pack_weight(w, groups), bias, y if residual else None, y,
+            a["kernel"], a["stride"], a["padding"], groups, relu)
+        kh, kw = a["kernel"]
+        what = f"conv {kh}x{kw}/{a['stride'][0]}" + (f" g{groups}" if groups > 1 else "")
+        out.append(Launch(name, kernel, args, flags, what))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Compiling
+# --------------------------------------------------------------------------------------------
+
+
+def _triton():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise AotError("offline compilation needs Triton's compiler, and TRITON_INTERPRET=1 is set "
+                       "in this process: run it with TRITON_INTERPRET unset")
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource, make_backend
+        from triton.runtime.jit import create_function_from_signature
+    except ImportError as err:  # pragma: no cover - triton is in the test extra
+        raise AotError(f"offline compilation needs triton: {err}") from None
+    return triton, GPUTarget, ASTSource, make_backend, create_function_from_signature
+
+
+def _cuobjdump() -> str | None:
+    import triton.backends.nvidia as nvidia
+
+    bundled = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
+    return bundled if os.path.exists(bundled) else shutil.which("cuobjdump")
+
+
+_RES_USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:\d+\s+LOCAL:(\d+)")
+
+
+def _resource_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers per thread, local memory bytes per thread) of a cubin's kernel."""
+    tool = _cuobjdump()
+    if tool is None:
+        return 0, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        text = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    match = _RES_USAGE.search(text)
+    if match is None:
+        raise AotError(f"cannot read cuobjdump's resource usage:\n{text}")
+    registers, stack, local = map(int, match.groups())
+    return registers, max(stack, local)
+
+
+def _describe(config) -> str:
+    kw = config.kwargs
+    if "BLOCK_M" in kw:
+        tile = f"{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}"
+    else:
+        tile = f"C{kw['BLOCK_C']}xP{kw['BLOCK_P']}"
+    return f"{tile} w{config.num_warps} s{config.num_stages}"
+
+
+def _variant(launch: Launch) -> str:
+    names = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+    dtypes = sorted({names.get(a.dtype, str(a.dtype)) for a in launch.args if isinstance(a, torch.Tensor)})
+    flags = [k.lower() for k, v in launch.meta.items()
+             if isinstance(v, bool) and v and k not in ("ALLOW_TF32",)]
+    flags = [f.replace("has_", "").replace("apply_", "").replace("beta_is_3_4", "beta=3/4") for f in flags]
+    size = launch.meta.get("SIZE")
+    return " ".join([*dtypes, *(f"n={size}",) * (size is not None), *flags])
+
+
+def compile_launches(items: Iterable[Launch], *, arch: int = 90, progress=None) -> list[Compiled]:
+    """Compile every pruned config of every launch for ``sm_<arch>``; each distinct binary once.
+
+    Launches whose specialised signature is the same (same dtypes, flags, divisibility of the
+    sizes and strides) compile to the same binary, so their layers share its rows.
+    """
+    triton, GPUTarget, ASTSource, make_backend, create_function_from_signature = _triton()
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binders = {}
+    rows: dict[str, Compiled] = {}
+    for launch in items:
+        tuned, fn = launch.kernel, launch.kernel.fn
+        named = dict(zip(fn.arg_names, launch.args))
+        prune_args = dict(launch.meta, shared_limit=SHARED_LIMIT.get(arch))
+        configs = tuned.early_config_prune(tuned.configs, named, **prune_args) \
+            if tuned.early_config_prune else tuned.configs
+        if fn not in binders:
+            binders[fn] = create_function_from_signature(fn.signature, fn.params, backend)
+        for config in configs:
+            kwargs = dict(launch.meta, **config.kwargs, num_warps=config.num_warps,
+                          num_stages=config.num_stages)
+            bound, specialization, options = binders[fn](*launch.args, **kwargs)
+            options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+            key = repr((fn.__name__, signature, sorted(constexprs.items()), sorted(attrs.items()),
+                        sorted(options.__dict__.items())))
+            if key in rows:
+                if launch.layer not in rows[key].layers:
+                    rows[key].layers.append(launch.layer)
+                continue
+            row = rows[key] = Compiled(launch.kernel_name, _variant(launch), _describe(config), [launch.layer])
+            if progress:
+                progress(row)
+            start = time.perf_counter()
+            try:
+                binary = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
+                                        options=options.__dict__)
+            except Exception as err:  # a compile failure is what the report is for
+                row.error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:200] if str(err).strip() else ''}"
+            else:
+                row.shared = binary.metadata.shared
+                row.registers, row.spill = _resource_usage(binary.asm["cubin"])
+                row.wgmma = "wgmma" in binary.asm.get("ptx", "")
+            row.seconds = time.perf_counter() - start
+    return list(rows.values())
+
+
+@dataclass
+class Report:
+    net: str
+    arch: int
+    dtype: str
+    batch: int
+    training: bool
+    launches: list[Launch]
+    rows: list[Compiled]
+    seconds: float
+    triton_version: str
+
+    def problems(self) -> list[str]:
+        """Configs that fail, spill or do not fit, and launches left with no config that fits."""
+        found = [f"{r.kernel} {r.variant} {r.config}: {p}" for r in self.rows
+                 if (p := r.problem(self.arch)) is not None]
+        for launch in self.launches:
+            if not any(launch.layer in r.layers and r.kernel == launch.kernel_name and r.fits(self.arch)
+                       for r in self.rows):
+                found.append(f"{launch.layer} ({launch.what}): no config compiles and fits sm_{self.arch}")
+        return found
+
+    def to_json(self) -> dict:
+        return {
+            "net": self.net, "arch": self.arch, "dtype": self.dtype, "batch": self.batch,
+            "training": self.training, "triton": self.triton_version, "seconds": round(self.seconds, 2),
+            "launches": [{"layer": x.layer, "kernel": x.kernel_name, "what": x.what} for x in self.launches],
+            "configs": [{k: v for k, v in vars(r).items() if k != "seconds"} for r in self.rows],
+            "problems": self.problems(),
+        }
+
+
+def report(graph: ArchGraph, *, arch: int = 90, dtype: str = "bf16", batch: int = 64,
+           training: bool = False, progress=None) -> Report:
+    """Compile every kernel launch of ``graph`` (triton backend) for ``sm_<arch>``."""
+    triton = _triton()[0]
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    start = time.perf_counter()
+    items = launches(graph, batch=batch, dtype=DTYPES[dtype], training=training)
+    rows = compile_launches(items, arch=arch, progress=progress)
+    return Report(graph.name, arch, dtype, batch, training, items, rows, time.perf_counter() - start,
+                  triton.__version__)
+
+
+def _layers(names: list[str], width: int = 34) -> str:
+    text = names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}"
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def table(rep: Report) -> str:
+    """The report as a fixed-width table, one row per compiled config."""
+    limit = SHARED_LIMIT.get(rep.arch)
+    head = (f"{rep.net}: {len(rep.launches)} launches, {len(rep.rows)} configs compiled for sm_{rep.arch} "
+            f"(triton {rep.triton_version}, {rep.dtype}, batch {rep.batch}"
+            f"{', training' if rep.training else ''}) in {rep.seconds:.1f} s")
+    if limit:
+        head += f"; shared memory limit {limit / 1024:.0f} KB"
+    cols = ("kernel", "variant", "config", "layers", "smem KB", "regs", "spill B", "wgmma", "status")
+    body = []
+    for r in rep.rows:
+        status = "ok" if r.problem(rep.arch) is None else (
+            "ERROR" if r.error else "too big" if not r.fits(rep.arch) else "spills")
+        body.append((r.kernel.replace("_kernel", ""), r.variant, r.config, _layers(r.layers),
+                     f"{r.shared / 1024:.0f}", str(r.registers), str(r.spill), "yes" if r.wgmma else "-", status))
+    widths = [max(len(c), *(len(row[i]) for row in body)) if body else len(c) for i, c in enumerate(cols)]
+    right = {4, 5, 6}
+    lines = [head, ""]
+    for row in (cols, *body):
+        lines.append("  ".join(v.rjust(w) if i in right else v.ljust(w)
+                               for i, (v, w) in enumerate(zip(row, widths))).rstrip())
+        if row is cols:
+            lines.append("  ".join("-" * w for w in widths))
+    problems = rep.problems()
+    lines.append("")
+    lines.append("\n".join(problems) if problems else "every config compiles, fits and keeps to registers")
+    return "\n".join(lines)

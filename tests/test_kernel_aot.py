@@ -1,0 +1,119 @@
+"""The kernels compiled for the H100 (sm_90) without one: ``archdsl kernels`` and its tile pruning.
+
+The interpreter tests check what the kernels compute; these check what the GPU's compiler makes
+of them. Every tile config that the triton backend's launches keep after pruning, for every
+seed net, is compiled for sm_90 with the installed Triton (its bundled ptxas), and must fit the
+H100's shared memory, keep to registers (no local-memory spills), and use Hopper's wgmma for
+the convolution's dot. A config that fails any of these would be skipped or slow on the GPU,
+where nothing else would say so.
+
+Triton compiles ahead of time only with its interpreter off, and this test process has it on
+(tests/conftest.py), so the compiling runs in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import archdsl
+from archdsl.codegen.triton import aot, conv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _kernels(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "archdsl", "kernels", *args, "--json", "--check"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+# Each seed net's launches in one dtype; training adds LRN's backward and the unfolded-BN
+# variants. Together they cover both conv kernels with and without bias, ReLU and residual,
+# grouped convs, and both LRN kernels.
+CASES = [
+    ("vgg_d", "bf16", False),
+    ("alexnet", "bf16", True),
+    ("vgg_a_lrn", "fp16", True),
+    ("resnet50", "bf16", False),
+    ("resnet50", "fp16", True),
+    ("resnet50", "fp32", False),
+]
+
+
+@pytest.mark.parametrize("spec, dtype, training", CASES, ids=[f"{s}-{d}{'-train' * t}" for s, d, t in CASES])
+def test_every_kept_config_compiles_for_sm90_fits_and_does_not_spill(spec, dtype, training):
+    proc = _kernels(spec, "--dtype", dtype, *(["--training"] if training else []))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["arch"] == 90 and report["problems"] == []
+    rows = report["configs"]
+    assert rows
+    for row in rows:
+        assert row["error"] is None
+        assert 0 < row["shared"] <= aot.SHARED_LIMIT[90] or row["kernel"].startswith("_lrn")
+        assert 0 < row["registers"] <= aot.MAX_REGISTERS, row  # read off the cubin
+        assert row["spill"] == 0, row
+        if row["kernel"].startswith("conv2d"):
+            assert row["wgmma"], row  # the dot runs on Hopper's warpgroup MMA
+    # Every launch of the net has compiled configs of its own kernel.
+    for launch in report["launches"]:
+        assert any(launch["layer"] in r["layers"] and r["kernel"] == launch["kernel"] for r in rows), launch
+
+
+def test_kernels_refuses_to_run_under_the_interpreter(capsys):
+    from archdsl.cli import main
+
+    assert os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+    if torch.cuda.is_available():
+        pytest.skip("the interpreter is on only without a CUDA device (tests/conftest.py)")
+    assert main(["kernels", "vgg_a"]) == 2
+    err = capsys.readouterr().err
+    assert "TRITON_INTERPRET" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------
+# The launches of a graph (in process: only shapes and flags, no compiling)
+# --------------------------------------------------------------------------------------------
+
+
+def _by_layer(items):
+    return {x.layer: x for x in items}
+
+
+def test_launches_follow_the_fused_graph_alexnet():
+    graph = archdsl.load("alexnet")
+    items = aot.launches(graph, batch=8)
+    convs = [x for x in items if x.what.startswith("conv")]
+    lrns = [x for x in items if x.what.startswith("lrn")]
+    assert len(convs) == 5 and len(lrns) == 2
+    assert convs[0].kernel is conv.conv2d_fwd_small_c_kernel  # 3 input channels
+    assert all(x.kernel is conv.conv2d_fwd_kernel for x in convs[1:])
+    assert all(x.meta["HAS_BIAS"] and x.meta["APPLY_RELU"] and not x.meta["HAS_RESIDUAL"] for x in convs)
+    assert [x.what for x in convs] == ["conv 11x11/4", "conv 5x5/1 g2", "conv 3x3/1", "conv 3x3/1 g2",
+                                       "conv 3x3/1 g2"]
+    # The launch arguments are the kernel's: batch first among the sizes, then the image.
+    named = dict(zip(convs[0].kernel.fn.arg_names, convs[0].args))
+    assert (named["BATCH"], named["IN_H"], named["C_IN_G"], named["KH"], named["STRIDE_H"]) == (8, 224, 3, 11, 4)
+    assert named["x_ptr"].is_meta and named["x_ptr"].is_contiguous(memory_format=torch.channels_last)
+    training = aot.launches(graph, batch=8, training=True)
+    assert sum(x.what.endswith("backward") for x in training) == 2
+
+
+def test_launches_of_a_resnet_put_the_residual_in_the_epilogue_only_in_eval():
+    graph = archdsl.load("resnet18")
+    evals = aot.launches(graph, batch=2)
+    assert sum(x.meta["HAS_RESIDUAL"] for x in evals) == 8  # one per basic block
+    assert all(x.meta["HAS_BIAS"] for x in evals)  # BN folded into a bias
+    # 3 projections (no ReLU): ReLU everywhere else.
+    assert sum(not x.meta["APPLY_RELU"] for x in evals) == 3
+    train = aot.launches(graph, batch=2, training=True)
+    assert len(train) == len(evals)
+    assert not any(x.meta["HAS_RESIDUAL"] or x.meta["APPLY_RELU"] or x.meta["HAS_BIAS"] for x in train)
