@@ -175,6 +175,19 @@ def test_pack_weight_layout():
     assert p[g, (r * 2 + s) * 4 + c, o] == w[g * 3 + o, c, r, s]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_pack_weight_stores_fp32_k_contiguous_for_the_general_kernel(dtype):
+    w = torch.randn(6, 16, 3, 2).to(dtype)  # C_in_g = 16: the general kernel
+    p = conv.pack_weight(w, groups=2)
+    assert p.shape == (2, 3 * 2 * 16, 3)
+    if dtype == torch.float32:  # K contiguous, for TF32 wgmma's K-major B operand
+        assert p.stride() == (3 * 96, 1, 96)
+    else:
+        assert p.is_contiguous()
+    g, r, s, c, o = 1, 2, 1, 13, 2
+    assert p[g, (r * 2 + s) * 16 + c, o] == w[g * 3 + o, c, r, s]
+
+
 def test_tile_configs_on_multi_tile_shapes():
     """Several tiles in M, N and K, with partial swizzle bands, for both kernels."""
     configs = [

@@ -478,7 +478,15 @@ def _pair(value, name: str) -> tuple[int, int]:
 
 
 def pack_weight(weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    """[C_out, C_in_g, kh, kw] -> contiguous [groups, kh * kw * C_in_g, C_out_g] (K index = (r, s, c))."""
+    """[C_out, C_in_g, kh, kw] -> [groups, kh * kw * C_in_g, C_out_g] (K index = (r, s, c)).
+
+    Stored with C_out contiguous, except float32 weights of the general kernel, which are
+    stored K-contiguous (the same view, other strides; the kernels take any). Hopper's TF32
+    warpgroup MMA reads its B operand K-major: from an N-contiguous weight Triton copies it
+    to shared memory 4 bytes at a time, from a K-contiguous one in 16-byte vectors
+    (``archdsl kernels SPEC --dtype fp32``, column "copy B"). 16-bit operands have no such
+    restriction and keep the N-contiguous layout, with which they compile to fewer registers.
+    """
     if weight.dim() != 4 or weight.shape[0] % groups != 0:
         raise ValueError(
             f"pack_weight: expected a [C_out, C_in/groups, kh, kw] weight with C_out divisible by "
@@ -486,6 +494,9 @@ def pack_weight(weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
         )
     c_out, c_in_g, kh, kw = weight.shape
     w = weight.detach().reshape(groups, c_out // groups, c_in_g, kh, kw)
+    if weight.dtype == torch.float32 and not uses_small_c_kernel(c_in_g):
+        k_major = w.permute(0, 1, 3, 4, 2).reshape(groups, c_out // groups, kh * kw * c_in_g).contiguous()
+        return k_major.transpose(1, 2)
     return w.permute(0, 3, 4, 2, 1).reshape(groups, kh * kw * c_in_g, c_out // groups).contiguous()
 
 
