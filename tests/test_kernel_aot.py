@@ -3,8 +3,8 @@
 The interpreter tests check what the kernels compute; these check what the GPU's compiler makes
 of them. Every tile config that the triton backend's launches keep after pruning, for every
 seed net, is compiled for sm_90 with the installed Triton (its bundled ptxas), and must fit the
-H100's shared memory, keep to registers (no local-memory spills), and use Hopper's wgmma for
-the convolution's dot. A config that fails any of these would be skipped or slow on the GPU,
+H100's shared memory, keep to registers (no local-memory spills), use Hopper's wgmma for the
+convolution's dot, and move its tiles in 16-byte vectors. A config that fails any of these would be skipped or slow on the GPU,
 where nothing else would say so.
 
 Triton compiles ahead of time only with its interpreter off, and this test process has it on
@@ -63,6 +63,13 @@ def test_every_kept_config_compiles_for_sm90_fits_and_does_not_spill(spec, dtype
         assert row["spill"] == 0, row
         if row["kernel"].startswith("conv2d"):
             assert row["wgmma"], row  # the dot runs on Hopper's warpgroup MMA
+            assert row["stores"] == [16], row  # the output leaves in 16-byte vectors
+        if row["kernel"] == "conv2d_fwd_kernel":
+            # Both operand tiles reach shared memory as 16-byte async copies, in every dtype
+            # (fp32 needs its weight K-contiguous for that: pack_weight).
+            assert row["async_copies"] == [16], row
+        if row["kernel"] == "_lrn_fwd_kernel":
+            assert row["stores"] == [16], row
     # Every launch of the net has compiled configs of its own kernel.
     for launch in report["launches"]:
         assert any(launch["layer"] in r["layers"] and r["kernel"] == launch["kernel"] for r in rows), launch

@@ -32,7 +32,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -78,6 +78,8 @@ class Compiled:
     registers: int = 0  # per thread
     spill: int = 0  # bytes of local memory per thread
     wgmma: bool = False
+    async_copies: list[int] = field(default_factory=list)  # widths (bytes) of global->shared copies
+    stores: list[int] = field(default_factory=list)  # widths (bytes) of global stores
     error: str | None = None
     seconds: float = 0.0
 
@@ -183,6 +185,18 @@ def _cuobjdump() -> str | None:
     return bundled if os.path.exists(bundled) else shutil.which("cuobjdump")
 
 
+_ASYNC_COPY = re.compile(r"cp\.async\.c[ag]\.shared\.global[^\[]*\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
+_STORE = re.compile(r"\bst\.global(?:\.[a-zA-Z0-9_:]+)*?(?:\.v(\d))?\.[bfsu](\d+)\s")
+
+
+def _widths(ptx: str) -> tuple[list[int], list[int]]:
+    """The byte widths of the async global->shared copies and of the global stores in ``ptx``:
+    16 means whole 16-byte vectors, the widest an sm_90 thread moves in one instruction."""
+    copies = {int(m, 0) for m in _ASYNC_COPY.findall(ptx)}
+    stores = {int(v or 1) * int(bits) // 8 for v, bits in _STORE.findall(ptx)}
+    return sorted(copies), sorted(stores)
+
+
 _RES_USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:\d+\s+LOCAL:(\d+)")
 
 
@@ -264,7 +278,9 @@ def compile_launches(items: Iterable[Launch], *, arch: int = 90, progress=None) 
             else:
                 row.shared = binary.metadata.shared
                 row.registers, row.spill = _resource_usage(binary.asm["cubin"])
-                row.wgmma = "wgmma" in binary.asm.get("ptx", "")
+                ptx = binary.asm.get("ptx", "")
+                row.wgmma = "wgmma" in ptx
+                row.async_copies, row.stores = _widths(ptx)
             row.seconds = time.perf_counter() - start
     return list(rows.values())
 
@@ -327,13 +343,15 @@ def table(rep: Report) -> str:
             f"{', training' if rep.training else ''}) in {rep.seconds:.1f} s")
     if limit:
         head += f"; shared memory limit {limit / 1024:.0f} KB"
-    cols = ("kernel", "variant", "config", "layers", "smem KB", "regs", "spill B", "wgmma", "status")
+    cols = ("kernel", "variant", "config", "layers", "smem KB", "regs", "spill B", "wgmma", "copy B", "store B",
+            "status")
     body = []
     for r in rep.rows:
         status = "ok" if r.problem(rep.arch) is None else (
             "ERROR" if r.error else "too big" if not r.fits(rep.arch) else "spills")
         body.append((r.kernel.replace("_kernel", ""), r.variant, r.config, _layers(r.layers),
-                     f"{r.shared / 1024:.0f}", str(r.registers), str(r.spill), "yes" if r.wgmma else "-", status))
+                     f"{r.shared / 1024:.0f}", str(r.registers), str(r.spill), "yes" if r.wgmma else "-",
+                     ",".join(map(str, r.async_copies)) or "-", ",".join(map(str, r.stores)) or "-", status))
     widths = [max(len(c), *(len(row[i]) for row in body)) if body else len(c) for i, c in enumerate(cols)]
     right = {4, 5, 6}
     lines = [head, ""]
