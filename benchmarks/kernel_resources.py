@@ -3,9 +3,10 @@
 For each seed net and operand type, every kernel launch of the triton backend is compiled for
 the target with the installed Triton, one binary per tile config that the autotuner would keep
 (``archdsl kernels``, :mod:`archdsl.codegen.triton.aot`). The table gives per net: launches,
-binaries compiled, the range of registers per thread and of shared memory, spills, and whether
-every conv uses Hopper's wgmma. It says nothing about speed; it is the part of the GPU picture
-that any machine can reproduce.
+binaries compiled, the range of registers per thread and of shared memory, spills, whether
+every conv uses Hopper's wgmma, and the byte widths of the general conv kernel's
+global->shared copies and of the conv kernels' stores (16: whole vectors). It says nothing
+about speed; it is the part of the GPU picture that any machine can reproduce.
 
     python benchmarks/kernel_resources.py                 # sm_90, all cases below
     python benchmarks/kernel_resources.py --arch 80
@@ -38,6 +39,10 @@ CASES = [
 ]
 
 
+def _widths(lists) -> str:
+    return ",".join(map(str, sorted({w for widths in lists for w in widths}))) or "-"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", type=int, default=90)
@@ -65,13 +70,16 @@ def main(argv=None) -> int:
             f"{min(regs)}-{max(regs)}", f"{min(smem) // 1024}-{max(smem) // 1024}",
             str(sum(r.spill > 0 for r in rep.rows)),
             "all" if all(r.wgmma for r in convs) else f"{sum(r.wgmma for r in convs)}/{len(convs)}",
+            _widths(r.async_copies for r in convs if r.kernel == "conv2d_fwd_kernel"),
+            _widths(r.stores for r in convs),
             str(len(rep.problems())), f"{rep.seconds:.1f}",
         ))
         print(f"{spec} {dtype} {'training' if training else 'eval'}: {len(rep.rows)} configs, "
               f"{len(rep.problems())} problems", file=sys.stderr, flush=True)
 
     cols = ("net", "dtype", "pass", "launches", "configs compiled", "registers", "smem KB",
-            "configs that spill", "conv wgmma", "problems", "compile s")
+            "configs that spill", "conv wgmma", "conv operand copies B", "conv stores B", "problems",
+            "compile s")
     lines = [
         f"Offline compile for sm_{args.arch}: triton {triton.__version__}, torch {torch.__version__}, "
         f"Python {platform.python_version()}, batch {args.batch}, channels_last",
