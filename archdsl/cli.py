@@ -99,7 +99,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("kernels", help="compile the triton backend's kernels for a GPU, offline (no GPU needed), "
                                        "and report each config's shared memory, registers and spills")
     _spec_args(p)
-    p.add_argument("--arch", type=int, default=90, help="compute capability to compile for (default 90, the H100)")
+    p.add_argument("--arch", type=int, default=90, choices=(80, 86, 87, 89, 90, 100), metavar="CC",
+                   help="compute capability to compile for: 80, 86, 87, 89, 90 or 100 (default 90, the H100)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     p.add_argument("--batch", type=int, default=64, help="batch size of the launches (default 64)")
     p.add_argument("--training", action="store_true",

@@ -29,10 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _kernels(*args: str) -> subprocess.CompletedProcess:
+    """``archdsl kernels ARGS`` in a process with Triton's compiler (interpreter off)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "archdsl", "kernels", *args, "--json", "--check"],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    return subprocess.run([sys.executable, "-m", "archdsl", "kernels", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=600)
 
 
 # Each seed net's launches in one dtype; training adds LRN's backward and the unfolded-BN
@@ -50,7 +51,7 @@ CASES = [
 
 @pytest.mark.parametrize("spec, dtype, training", CASES, ids=[f"{s}-{d}{'-train' * t}" for s, d, t in CASES])
 def test_every_kept_config_compiles_for_sm90_fits_and_does_not_spill(spec, dtype, training):
-    proc = _kernels(spec, "--dtype", dtype, *(["--training"] if training else []))
+    proc = _kernels(spec, "--dtype", dtype, *(["--training"] if training else []), "--json", "--check")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["arch"] == 90 and report["problems"] == []
@@ -73,6 +74,14 @@ def test_every_kept_config_compiles_for_sm90_fits_and_does_not_spill(spec, dtype
     # Every launch of the net has compiled configs of its own kernel.
     for launch in report["launches"]:
         assert any(launch["layer"] in r["layers"] and r["kernel"] == launch["kernel"] for r in rows), launch
+
+
+def test_a_net_without_kernels_says_so(tmp_path):
+    spec = tmp_path / "mlp.arch"
+    spec.write_text("net mlp : 16x1x1 {\n    fc-10\n}\n")
+    proc = _kernels(str(spec), "--check")
+    assert proc.returncode == 0, proc.stderr
+    assert "mlp: 0 launches" in proc.stdout and "no kernel launches" in proc.stdout
 
 
 def test_kernels_refuses_to_run_under_the_interpreter(capsys):

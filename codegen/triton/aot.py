@@ -274,7 +274,8 @@ def compile_launches(items: Iterable[Launch], *, arch: int = 90, progress=None) 
                 binary = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
                                         options=options.__dict__)
             except Exception as err:  # a compile failure is what the report is for
-                row.error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:200] if str(err).strip() else ''}"
+                last_line = (str(err).strip().splitlines() or [""])[-1]
+                row.error = f"{type(err).__name__}: {last_line[:200]}"
             else:
                 row.shared = binary.metadata.shared
                 row.registers, row.spill = _resource_usage(binary.asm["cubin"])
@@ -343,6 +344,8 @@ def table(rep: Report) -> str:
             f"{', training' if rep.training else ''}) in {rep.seconds:.1f} s")
     if limit:
         head += f"; shared memory limit {limit / 1024:.0f} KB"
+    if not rep.launches:
+        return f"{head}\n\nno kernel launches: the net has no conv or LRN layer"
     cols = ("kernel", "variant", "config", "layers", "smem KB", "regs", "spill B", "wgmma", "copy B", "store B",
             "status")
     body = []
