@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -305,6 +306,14 @@ def test_autotune_space(channels, pixels, channels_last):
             block_c, block_p = cfg.kwargs["BLOCK_C"], cfg.kwargs["BLOCK_P"]
             assert block_c == full or (not channels_last and block_c == 32)
             assert block_c * block_p <= 32 * cfg.num_warps * max(per_thread)
+
+
+def test_prune_keeps_a_config_when_no_chunk_matches():
+    """A config list without the ideal channel chunk (the interpreter's single config, say)
+    still leaves something to run."""
+    only = [triton.Config({"BLOCK_C": 16, "BLOCK_P": 16}, num_warps=1)]
+    for stride_c in (1, 15):
+        assert lrn_module._prune_configs(only, {"C": 7, "P": 15, "stride_xc": stride_c}, SIZE=5) == only
 
 
 # ---------------------------------------------------------------------------------------------

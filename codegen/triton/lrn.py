@@ -147,7 +147,7 @@ def _prune_configs(configs, named_args, **kwargs):
         chunks, min_block_p = {full}, 1
     else:
         chunks, min_block_p = {full, min(full, 32)}, min(16, triton.next_power_of_2(pixels))
-    candidates = [cfg for cfg in configs if cfg.kwargs["BLOCK_C"] in chunks]
+    candidates = [cfg for cfg in configs if cfg.kwargs["BLOCK_C"] in chunks] or list(configs)
     max_block_p = max(triton.next_power_of_2(pixels), min(cfg.kwargs["BLOCK_P"] for cfg in candidates))
     kept = [cfg for cfg in candidates if min_block_p <= cfg.kwargs["BLOCK_P"] <= max_block_p]
     return kept or candidates
