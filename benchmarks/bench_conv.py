@@ -16,6 +16,7 @@ matmul ceiling (8192^3) is measured for scale.
     python benchmarks/bench_conv.py                    # all 34 distinct shapes
     python benchmarks/bench_conv.py --quick            # a handful of shapes
     python benchmarks/bench_conv.py --nets ResNet-50 --no-compile
+    python benchmarks/bench_conv.py --smoke            # the whole script on the CPU (a check)
 
 A full run is meant to fit in 10 minutes: no new shape is started after ``--budget-s``
 (480 s by default); the ones left out are listed under the table.
@@ -39,6 +40,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import common  # noqa: E402  (benchmarks/common.py)
 
 BATCH = 64
 DTYPE = torch.bfloat16
@@ -110,6 +113,16 @@ def resnet50() -> list[tuple[str, ConvShape]]:
     return layers
 
 
+def smoke() -> list[tuple[str, ConvShape]]:
+    """Tiny layers of each kind (first layer, 3x3, grouped 5x5, strided 1x1) for --smoke."""
+    return [
+        ("first", ConvShape(3, 16, 9, 3, 1, 1)),
+        ("3x3", ConvShape(16, 32, 8, 3, 1, 1)),
+        ("grouped", ConvShape(32, 32, 7, 5, 1, 2, groups=2)),
+        ("1x1/2", ConvShape(32, 16, 8, 1, 2, 0)),
+    ]
+
+
 NETS = {"VGG-16": vgg16, "AlexNet": alexnet, "ResNet-50": resnet50}
 
 QUICK = {
@@ -142,7 +155,11 @@ def parse_args(argv=None):
         "--budget-s", type=float, default=480.0,
         help="stop starting new shapes after this many seconds (the table is still written)",
     )  # fmt: skip
+    common.add_smoke_flag(p)
     args = p.parse_args(argv)
+    if args.smoke:
+        NETS["smoke"] = smoke
+        args.nets, args.batch, args.no_cuda_graph = "smoke", 2, True
     args.nets = [n.strip() for n in args.nets.split(",") if n.strip()]
     unknown = [n for n in args.nets if n not in NETS]
     if unknown:
@@ -160,6 +177,8 @@ def bench_ms(fn, cuda_graph: bool) -> float:
     GPU time alone: at batch 64 the late ResNet layers run in tens of microseconds, about what
     a Python-level launch costs, and eager timing would compare launch paths, not kernels.
     """
+    if DEVICE != "cuda":
+        return common.wall_ms(fn)
     import triton.testing
 
     if cuda_graph:
@@ -179,7 +198,7 @@ def time_all(fns: dict, cuda_graph: bool) -> tuple[dict, bool]:
 
 
 def matmul_ceiling_tflops(cuda_graph: bool) -> float:
-    n = 8192
+    n = 8192 if DEVICE == "cuda" else 256
     a = torch.randn(n, n, device=DEVICE, dtype=DTYPE)
     b = torch.randn(n, n, device=DEVICE, dtype=DTYPE)
     ms, _ = time_all({"matmul": lambda: a @ b}, cuda_graph)
@@ -201,7 +220,9 @@ def validate_all_configs(conv) -> None:
     ]
     failures = []
     for kw in checks:
-        for res in conv.validate_configs(**kw, dtype=DTYPE):
+        if DEVICE != "cuda":  # the interpreter: the same kinds of layer, smaller
+            kw = dict(kw, batch=1, height=min(kw["height"], 9), width=min(kw["width"], 9))
+        for res in conv.validate_configs(**kw, dtype=DTYPE, device=DEVICE):
             status = "ok " if res.ok else "BAD"
             print(
                 f"  {status} {res.kernel:27s} {res.config:70s} err={res.rel_err:.2e} {res.note}", flush=True
@@ -344,13 +365,14 @@ def measure(conv, net: str, shape: ConvShape, names: list[str], args) -> Row:
 
 
 def main(argv=None) -> int:
+    global DEVICE, DTYPE
     args = parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        print("bench_conv.py: unset TRITON_INTERPRET; the benchmark times compiled kernels", file=sys.stderr)
+    device = common.start("bench_conv.py", args.smoke)
+    if device is None:
         return 2
-    if not torch.cuda.is_available():
-        print("bench_conv.py needs a CUDA device (none found); run it on the GPU machine", file=sys.stderr)
-        return 2
+    DEVICE = device
+    if args.smoke:
+        DTYPE = torch.float32  # the interpreter has no bfloat16
 
     import triton
 
@@ -358,18 +380,19 @@ def main(argv=None) -> int:
 
     t_start = time.time()
     torch.backends.cudnn.benchmark = True
-    props = torch.cuda.get_device_properties(0)
     header = [
         "# Fused conv + bias + ReLU: Triton vs cuDNN vs torch.compile",
         "",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- device: {props.name} ({props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB)",
+        common.device_line(DEVICE),
         f"- torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}), "
         f"triton {triton.__version__}",
-        f"- batch {args.batch}, {str(DTYPE).replace('torch.', '')}, channels_last, 224x224 networks",
+        f"- batch {args.batch}, {str(DTYPE).replace('torch.', '')}, channels_last"
+        + ("" if args.smoke else ", 224x224 networks"),
         "- timing: "
         + (
-            "median of plain calls (triton.testing.do_bench, L2 flushed; includes launch overhead)"
+            "wall-clock medians" if DEVICE != "cuda"
+            else "median of plain calls (triton.testing.do_bench, L2 flushed; includes launch overhead)"
             if args.no_cuda_graph
             else "median of CUDA-graph replays (triton.testing.do_bench_cudagraph; GPU time only)"
         ),
@@ -378,7 +401,7 @@ def main(argv=None) -> int:
         print(line)
 
     ceiling = matmul_ceiling_tflops(not args.no_cuda_graph)
-    line = f"- bf16 matmul ceiling (8192^3, torch.matmul): {ceiling:.0f} TFLOP/s"
+    line = f"- {str(DTYPE).replace('torch.', '')} matmul ceiling (torch.matmul): {ceiling:.0f} TFLOP/s"
     header.append(line)
     print(line, flush=True)
 

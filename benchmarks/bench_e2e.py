@@ -16,15 +16,19 @@ to PyTorch's), which separates what the LRN kernel gains from what the conv kern
 
 Every module gets the same weights (the triton one loads the torch one's state_dict, BN
 statistics randomised so the fold does something), and each output is checked against the
-torch backend's before it is timed: a disagreement beyond bf16 tolerance stops the run.
+torch backend's before it is timed: a disagreement beyond bf16 tolerance stops the run. The
+nets are built without their final softmax, so what is compared (and timed) ends at the
+logits.
 
     python benchmarks/bench_e2e.py             # all nets and variants (torch.compile's
                                                # max-autotune takes several minutes per net)
     python benchmarks/bench_e2e.py --quick     # ResNet-50 and AlexNet, no max-autotune
+    python benchmarks/bench_e2e.py --smoke     # the whole script on the CPU, tiny nets (a check)
 
 The markdown report goes to ``$OUT/e2e.md`` when ``OUT`` is set (``--out`` to choose a file),
 rewritten after every measurement so a run cut short still leaves its rows, and is printed.
-Needs a CUDA device; on a machine without one it says so and exits with status 2.
+Needs a CUDA device; on a machine without one it says so and exits with status 2 (``--smoke``
+runs on the CPU: a CIFAR ResNet (n=1) and a small LRN net at 32x32, fp32, no max-autotune).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import datetime
 import os
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +46,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import common  # noqa: E402  (benchmarks/common.py)
 
 BATCH = 64
 SIZE = 224
@@ -58,6 +65,15 @@ LRN_NETS = {
 }
 QUICK_NETS = ("resnet50", "alexnet")
 QUICK_LRN_NETS = ("alexnet",)
+# --smoke: nets small enough for Triton's interpreter, with the same kinds of layer.
+SMOKE_LRN_SPEC = """net smoke_lrn : 3x32x32 {
+    conv5-16 pad=2; LRN; maxpool
+    conv3-32 groups=2; LRN; maxpool
+    fc-10; softmax
+}
+"""
+SMOKE_NETS = {"cifar_resnet": ("cifar_resnet", {"n": 1})}
+DEVICE = "cuda"
 
 VARIANTS = ("torch", "triton", "compile", "compile-max-autotune")
 LRN_VARIANTS = ("torch", "triton", "triton, LRN in PyTorch")
@@ -80,11 +96,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", help="markdown file to write (default $OUT/e2e.md when OUT is set)")
     p.add_argument("--budget-s", type=float, default=0.0,
                    help="stop starting new measurements after this many seconds (0: no limit)")
+    common.add_smoke_flag(p)
     args = p.parse_args(argv)
+    if args.smoke:
+        smoke_spec = Path(tempfile.mkdtemp(prefix="bench_e2e-")) / "smoke_lrn.arch"
+        smoke_spec.write_text(SMOKE_LRN_SPEC)
+        NETS.clear()
+        NETS.update(SMOKE_NETS)
+        LRN_NETS.clear()
+        LRN_NETS["smoke_lrn"] = (str(smoke_spec), {})
+        args.nets = args.lrn_nets = None
+        args.batch, args.size, args.no_max_autotune = 2, 32, True
+        args.warmup, args.iters, args.reps = 0, 1, 1  # common.wall_ms makes its own untimed call
 
     def choose(text, table, quick):
         if text is None:
-            return list(quick if args.quick else table)
+            return list(table if args.smoke else quick if args.quick else table)
         names = [n.strip() for n in text.split(",") if n.strip()]
         unknown = [n for n in names if n not in table]
         if unknown:
@@ -129,7 +156,7 @@ def randomise_bn(module: torch.nn.Module, seed: int = 0) -> None:
 
 
 def prepare(module: torch.nn.Module) -> torch.nn.Module:
-    return module.to(device="cuda", dtype=DTYPE, memory_format=torch.channels_last).eval()
+    return module.to(device=DEVICE, dtype=DTYPE, memory_format=torch.channels_last).eval()
 
 
 def time_ms(fn, x, args) -> float:
@@ -137,6 +164,8 @@ def time_ms(fn, x, args) -> float:
     with torch.inference_mode():
         for _ in range(args.warmup):
             fn(x)
+        if DEVICE != "cuda":
+            return common.wall_ms(lambda: fn(x), args.reps)
         torch.cuda.synchronize()
         times = []
         for _ in range(args.reps):
@@ -148,13 +177,6 @@ def time_ms(fn, x, args) -> float:
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / args.iters)
     return statistics.median(times)
-
-
-def centred_logits(y: torch.Tensor) -> torch.Tensor:
-    """The nets end in a softmax: log p = logits - logsumexp, so log p minus its mean over the
-    classes is the logits minus theirs -- what the outputs are compared by."""
-    log_p = y.float().clamp_min(1e-30).log()
-    return log_p - log_p.mean(dim=1, keepdim=True)
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -173,9 +195,13 @@ def build_variants(spec: str, params: dict, variants, args):
     """name -> callable, all with the torch-backend module's weights."""
     import archdsl
 
-    shape = (3, args.size, args.size)
+    from archdsl.passes.fc_to_conv import drop_output_softmax
+
+    # Without the final softmax: the outputs compared are the logits. (A softmax of random-weight
+    # logits is often saturated to one-hot, which would hide a disagreement.)
+    graph = drop_output_softmax(archdsl.load(spec, input=(3, args.size, args.size), **params))
     torch.manual_seed(0)
-    ref = archdsl.compile(spec, input=shape, **params)
+    ref = archdsl.compile(graph)
     randomise_bn(ref)
     state = ref.state_dict()
     ref = prepare(ref)
@@ -184,7 +210,7 @@ def build_variants(spec: str, params: dict, variants, args):
         if v == "torch":
             fns[v] = ref
         elif v.startswith("triton"):
-            tri = archdsl.compile(spec, backend="triton", input=shape, **params)
+            tri = archdsl.compile(graph, backend="triton")
             if tri.backend != "triton":
                 raise SystemExit("bench_e2e.py: the triton backend fell back to PyTorch ops (see the warning)")
             tri.load_state_dict(state, strict=True)
@@ -207,17 +233,17 @@ def build_variants(spec: str, params: dict, variants, args):
 def measure_net(table: str, net: str, spec: str, params: dict, variants, args, emit, deadline) -> None:
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
-    x = x.to(device="cuda", dtype=DTYPE).contiguous(memory_format=torch.channels_last)
+    x = x.to(device=DEVICE, dtype=DTYPE).contiguous(memory_format=torch.channels_last)
     fns = build_variants(spec, params, variants, args)
     with torch.inference_mode():
-        reference = centred_logits(fns["torch"](x))
+        reference = fns["torch"](x).float()
     for variant, fn in fns.items():
         if deadline and time.time() > deadline:
             emit(Result(table, net, variant, float("nan"), float("nan"), float("nan"), "not run (time budget)"))
             continue
         t0 = time.time()
         with torch.inference_mode():
-            y = centred_logits(fn(x))  # compiles / autotunes on the first call
+            y = fn(x).float()  # compiles / autotunes on the first call
         setup_s = time.time() - t0
         err = rel_err(y, reference) if variant != "torch" else float("nan")
         # bf16 activations and weights (the folded ones rounded once more): a few 1e-3 expected
@@ -229,7 +255,7 @@ def measure_net(table: str, net: str, spec: str, params: dict, variants, args, e
                     f"first call {setup_s:.0f} s" if setup_s >= 1 else ""))
         print(f"  {net:10s} {variant:24s} {ms:8.2f} ms  {args.batch / (ms / 1e3):9.0f} img/s", flush=True)
     del fns
-    torch.cuda.empty_cache()
+    common.empty_cache(DEVICE)
 
 
 def fmt(v: float, spec: str) -> str:
@@ -261,23 +287,23 @@ def render(header: list[str], results: list[Result], fused: dict[str, str]) -> s
 
 
 def main(argv=None) -> int:
+    global DEVICE, DTYPE
     args = parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_e2e.py needs a CUDA device (none found); run it on the GPU machine", file=sys.stderr)
+    device = common.start("bench_e2e.py", args.smoke)
+    if device is None:
         return 2
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        print("bench_e2e.py: unset TRITON_INTERPRET; the benchmark times compiled kernels", file=sys.stderr)
-        return 2
+    DEVICE = device
+    if args.smoke:
+        DTYPE = torch.float32  # the interpreter has no bfloat16
 
     import triton
 
     torch.backends.cudnn.benchmark = True
-    props = torch.cuda.get_device_properties(0)
     header = [
         "# End-to-end inference throughput: archdsl backends vs eager PyTorch vs torch.compile",
         "",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- device: {props.name} ({props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB)",
+        common.device_line(DEVICE),
         f"- torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}), "
         f"triton {triton.__version__}",
         f"- batch {args.batch}, {args.size}x{args.size}, {str(DTYPE).replace('torch.', '')}, channels_last, "

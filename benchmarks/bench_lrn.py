@@ -16,6 +16,7 @@ stops the run), and unless --no-validate every autotune candidate for it is run 
 
     python benchmarks/bench_lrn.py            # 24 rows, a few minutes on an H100
     python benchmarks/bench_lrn.py --quick    # AlexNet's first LRN shape only
+    python benchmarks/bench_lrn.py --smoke    # the whole script on the CPU, tiny shape (a check)
 
 The markdown table goes to ``$OUT/lrn.md`` when ``OUT`` is set (rewritten after every row,
 so a run cut short still leaves its rows) and is printed last.
@@ -35,11 +36,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import common  # noqa: E402  (benchmarks/common.py)
+
 SHAPES = [
     ("AlexNet LRN1", (128, 96, 55, 55)),
     ("AlexNet LRN2", (128, 256, 27, 27)),
     ("VGG A-LRN", (64, 64, 224, 224)),
 ]
+SMOKE_SHAPES = [("smoke", (2, 7, 5, 3))]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
 # The AlexNet paper's parameters, summed window (mode="sum"); F.local_response_norm averages,
@@ -59,7 +63,10 @@ def parse_args(argv=None):
                        help=f"comma-separated subset of {', '.join(choices)}")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     p.add_argument("--no-validate", action="store_true", help="skip running every autotune candidate first")
+    common.add_smoke_flag(p)
     args = p.parse_args(argv)
+    if args.smoke:
+        args.dtypes = "fp32"  # the interpreter has no bfloat16
     for name, allowed in (("dtypes", DTYPES), ("layouts", LAYOUTS)):
         chosen = [v for v in getattr(args, name).split(",") if v]
         bad = [v for v in chosen if v not in allowed]
@@ -69,7 +76,9 @@ def parse_args(argv=None):
     return args
 
 
-def bench_ms(fn) -> float:
+def bench_ms(fn, device="cuda") -> float:
+    if device != "cuda":
+        return common.wall_ms(fn)
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
@@ -82,11 +91,11 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).norm() / expected.norm()).item()
 
 
-def copy_bandwidth_gbs() -> float:
+def copy_bandwidth_gbs(device="cuda") -> float:
     """Device-to-device copy of 1 GiB, counting bytes read and written."""
-    src = torch.empty(2**28, dtype=torch.float32, device="cuda").normal_()
+    src = torch.empty(2**28 if device == "cuda" else 2**20, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
-    ms = bench_ms(lambda: dst.copy_(src))
+    ms = bench_ms(lambda: dst.copy_(src), device)
     return 2 * src.numel() * src.element_size() / ms / 1e6
 
 
@@ -128,9 +137,8 @@ COLUMNS = [
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_lrn.py needs a CUDA device; none is visible (torch.cuda.is_available() is False)",
-              file=sys.stderr)
+    device = common.start("bench_lrn.py", args.smoke)
+    if device is None:
         return 2
 
     import triton
@@ -138,19 +146,18 @@ def main(argv=None) -> int:
     from archdsl.codegen.triton import lrn as lrn_module
     from archdsl.codegen.triton.lrn import lrn_reference
 
-    shapes = SHAPES[:1] if args.quick else SHAPES
-    copy_gbs = copy_bandwidth_gbs()
-    props = torch.cuda.get_device_properties(0)
+    shapes = SMOKE_SHAPES if args.smoke else SHAPES[:1] if args.quick else SHAPES
+    copy_gbs = copy_bandwidth_gbs(device)
     header = [
         "# LRN (Triton) vs F.local_response_norm",
         "",
-        f"- device: {props.name} ({props.multi_processor_count} SMs, "
-        f"{props.total_memory / 2**30:.0f} GiB)",
+        common.device_line(device),
         f"- torch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- LRN n={SIZE}, alpha={ALPHA} (summed window), beta={BETA}, k={K}; inputs N(0, {INPUT_SCALE}^2)",
         f"- device-to-device copy: {copy_gbs:.0f} GB/s (bytes read + written); "
-        "times are medians of triton.testing.do_bench with the L2 flushed",
+        + ("times are medians of triton.testing.do_bench with the L2 flushed" if device == "cuda"
+           else "times are wall-clock medians"),
         "- GB/s counts each tensor once: forward reads x and writes y, backward reads x and dL/dy "
         "and writes dL/dx; 'eager / Triton' and 'compile / Triton' are speed-ups (higher is better)",
         "",
@@ -178,9 +185,9 @@ def main(argv=None) -> int:
     for name, shape in shapes:
         for dtype_name in args.dtypes:
             dtype = DTYPES[dtype_name]
-            gen = torch.Generator(device="cuda").manual_seed(0)
-            x_nchw = (torch.randn(shape, device="cuda", generator=gen) * INPUT_SCALE).to(dtype)
-            g_nchw = torch.randn(shape, device="cuda", generator=gen).to(dtype)
+            gen = torch.Generator(device=device).manual_seed(0)
+            x_nchw = (torch.randn(shape, device=device, generator=gen) * INPUT_SCALE).to(dtype)
+            g_nchw = torch.randn(shape, device=device, generator=gen).to(dtype)
             y_ref, dx_ref = reference(x_nchw, g_nchw, lrn_reference)
             numel, elem = x_nchw.numel(), x_nchw.element_size()
 
@@ -216,28 +223,28 @@ def main(argv=None) -> int:
                     if not result.is_contiguous(memory_format=fmt):
                         return fail(f"{where} {direction}: result not in the input's memory format")
                     del result
-                    ms = bench_ms(run)
+                    ms = bench_ms(run, device)
                     tile = describe(getattr(tuned, "best_config", None))
 
                     # Baselines. Backward: the autograd graph of one forward, replayed.
                     torch._dynamo.reset()
                     compiled_lrn = None if args.no_compile else torch.compile(torch_lrn, dynamic=False)
                     if direction == "fwd":
-                        eager_ms = bench_ms(lambda: torch_lrn(x))
-                        compile_ms = bench_ms(lambda: compiled_lrn(x)) if compiled_lrn else None
+                        eager_ms = bench_ms(lambda: torch_lrn(x), device)
+                        compile_ms = bench_ms(lambda: compiled_lrn(x), device) if compiled_lrn else None
                     else:
                         xr = x.detach().requires_grad_(True)
                         y_eager = torch_lrn(xr)
-                        eager_ms = bench_ms(lambda: torch.autograd.grad(y_eager, xr, g, retain_graph=True))
+                        eager_ms = bench_ms(lambda: torch.autograd.grad(y_eager, xr, g, retain_graph=True), device)
                         del y_eager
                         compile_ms = None
                         if compiled_lrn:
                             y_comp = compiled_lrn(xr)
                             compile_ms = bench_ms(
-                                lambda: torch.autograd.grad(y_comp, xr, g, retain_graph=True))
+                                lambda: torch.autograd.grad(y_comp, xr, g, retain_graph=True), device)
                             del y_comp
                         del xr
-                    torch.cuda.empty_cache()
+                    common.empty_cache(device)
 
                     gbs = nbytes / ms / 1e6
                     rows.append([
@@ -252,7 +259,7 @@ def main(argv=None) -> int:
                           f"({100 * gbs / copy_gbs:.0f}% of copy), eager {eager_ms / ms:.2f}x",
                           file=sys.stderr, flush=True)
             del x_nchw, g_nchw, y_ref, dx_ref
-            torch.cuda.empty_cache()
+            common.empty_cache(device)
 
     print(write_table())
     return 0

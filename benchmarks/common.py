@@ -1,0 +1,73 @@
+"""What the GPU benchmark scripts share: the device they run on, and ``--smoke``.
+
+On the GPU machine a script runs on ``cuda`` and times compiled Triton kernels. ``--smoke``
+runs the same script, every code path of it, once on the CPU: Triton's interpreter for the
+kernels, fp32 (the interpreter has no bfloat16), tiny shapes, and a wall clock instead of CUDA
+timing. It proves the script works end to end (CI runs it, so the scripts cannot rot between
+GPU sessions); its numbers mean nothing and are labelled so.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+SMOKE_NOTE = "SMOKE RUN on the CPU (Triton interpreter, tiny shapes): the numbers mean nothing"
+
+
+def add_smoke_flag(parser) -> None:
+    parser.add_argument("--smoke", action="store_true",
+                        help="run every code path once on the CPU under Triton's interpreter, tiny "
+                             "shapes, fp32 (checks the script; the numbers mean nothing)")
+
+
+def start(script: str, smoke: bool) -> str | None:
+    """The device to run on, or None after saying why the script cannot run here.
+
+    With ``smoke`` this turns Triton's interpreter on, so it must come before any kernel
+    module is imported (the kernels are decorated for one mode or the other at import).
+    """
+    if smoke:
+        os.environ["TRITON_INTERPRET"] = "1"
+        return "cpu"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print(f"{script}: unset TRITON_INTERPRET; the benchmark times compiled kernels "
+              "(--smoke runs it under the interpreter)", file=sys.stderr)
+        return None
+    if not torch.cuda.is_available():
+        print(f"{script} needs a CUDA device (none found); run it on the GPU machine, "
+              "or use --smoke to check it on the CPU", file=sys.stderr)
+        return None
+    return "cuda"
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def empty_cache(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def device_line(device: str) -> str:
+    if device != "cuda":
+        return f"- device: {SMOKE_NOTE}"
+    props = torch.cuda.get_device_properties(0)
+    return f"- device: {props.name} ({props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB)"
+
+
+def wall_ms(fn, reps: int = 3) -> float:
+    """Median wall-clock time of ``fn`` in ms, after one untimed call (smoke runs only)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)

@@ -1,0 +1,71 @@
+"""Every benchmark script runs to its table.
+
+The GPU benchmarks run on the GPU machine only when a task is lent one, so between those runs
+nothing would notice a script broken by a change to the package. Here each runs end to end
+with ``--smoke`` (the CPU, Triton's interpreter, tiny shapes; see benchmarks/common.py): the
+same correctness checks against references, the same torch.compile baselines, the same table.
+Their timings mean nothing and are not looked at; the checks inside each script are what can
+fail. bench_dense.py runs on the CPU as it is, at a reduced width.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str, out: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["OUT"] = str(out)
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
+                          text=True, env=env, cwd=out, timeout=900)
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row] for row in rows]
+
+
+SMOKE = [
+    # script, table file, rows (header rows included), a cell every data row must hold
+    ("bench_lrn.py", "lrn.md", 1 + 4, "fp32"),  # one shape x NCHW/NHWC x fwd/bwd
+    ("bench_conv.py", "conv.md", 1 + 4 + 2, "smoke"),  # 4 layers, then the whole-net total
+    ("bench_e2e.py", "e2e.md", 2 + 3 + 3, None),  # 3 variants of each of two nets
+]
+
+
+@pytest.mark.parametrize("script, table, n_rows, cell", SMOKE, ids=[s for s, *_ in SMOKE])
+def test_gpu_benchmark_runs_end_to_end_in_smoke_mode(tmp_path, script, table, n_rows, cell):
+    proc = _run(script, "--smoke", out=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = (tmp_path / table).read_text()
+    assert "SMOKE RUN" in text  # never mistaken for a measurement
+    rows = _table_rows(text)
+    assert len(rows) == n_rows, text
+    if cell is not None:
+        assert all(cell in row for row in rows[1:] if row[0] not in ("net", "shape")), text
+    assert text.strip() in proc.stdout  # the table is printed last
+
+
+def test_gpu_benchmarks_refuse_to_time_without_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device: the scripts would run for real")
+    for script, *_ in SMOKE:
+        proc = _run(script, out=tmp_path)
+        assert proc.returncode == 2, (script, proc.stderr)
+        assert "CUDA device" in proc.stderr and "--smoke" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dense_benchmark_runs_on_the_cpu(tmp_path):
+    proc = _run("bench_dense.py", "--width-div", "32", "--scales", "256", "--images", "1", out=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _table_rows((tmp_path / "dense.md").read_text())
+    assert [row[0] for row in rows] == ["method", "dense", "multi-crop"]
