@@ -132,8 +132,7 @@ def launches(graph: ArchGraph, *, batch: int = 64, dtype: torch.dtype = torch.bf
         x_shape = graph.shape(data["args"][0])
         x = _meta_tensor(batch, x_shape, dtype, channels_last=True)
         if op is Op.LRN:
-            alpha = a["alpha"] / a["size"] if a["mode"] == "avg" else a["alpha"]
-            params = (a["size"], alpha, a["beta"], a["k"])
+            params = (a["size"], lrn_kernels._effective_alpha(a["alpha"], a["size"], a["mode"]), a["beta"], a["k"])
             passes = [("forward", None)] + ([("backward", torch.empty_like(x))] if training else [])
             for direction, grad in passes:
                 _, tuned, _, _, args, meta = lrn_kernels.launch_args(x, *params, grad_y=grad)
