@@ -152,7 +152,8 @@ def _shared_limit(named_args, kwargs) -> int:
         return kwargs["shared_limit"]
     x = named_args["x_ptr"]
     if x.is_cuda:
-        return torch.cuda.get_device_properties(x.device).shared_memory_per_block_optin
+        props = torch.cuda.get_device_properties(x.device)
+        return getattr(props, "shared_memory_per_block_optin", _DEFAULT_SHARED_LIMIT)
     return _DEFAULT_SHARED_LIMIT
 
 
