@@ -21,7 +21,8 @@ nets are built without their final softmax, so what is compared (and timed) ends
 logits.
 
     python benchmarks/bench_e2e.py             # all nets and variants (torch.compile's
-                                               # max-autotune takes several minutes per net)
+                                               # max-autotune takes minutes per net: what
+                                               # does not fit --budget-s is listed, not run)
     python benchmarks/bench_e2e.py --quick     # ResNet-50 and AlexNet, no max-autotune
     python benchmarks/bench_e2e.py --smoke     # the whole script on the CPU, tiny nets (a check)
 
@@ -94,8 +95,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=10, help="calls per timed repetition")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions (the median is reported)")
     p.add_argument("--out", help="markdown file to write (default $OUT/e2e.md when OUT is set)")
-    p.add_argument("--budget-s", type=float, default=0.0,
-                   help="stop starting new measurements after this many seconds (0: no limit)")
+    p.add_argument("--budget-s", type=float, default=480.0,
+                   help="stop starting new measurements after this many seconds, so that a run fits a "
+                        "10-minute command with its table written (default 480; 0: no limit)")
     common.add_smoke_flag(p)
     args = p.parse_args(argv)
     if args.smoke:
