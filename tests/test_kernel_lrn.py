@@ -350,13 +350,3 @@ def test_gpu_more_than_2_31_elements(channels_last):
             y_ref, dx_ref = _reference_grad(xs, gs, 5, 1e-2, 0.75, 1.0, "sum")
             _assert_close(y[img : img + 1, :, rows], y_ref, RTOL[torch.float16], "forward tail")
             _assert_close(dx[img : img + 1, :, rows], dx_ref, RTOL[torch.float16], "backward tail")
-
-
-@pytest.mark.gpu
-def test_gpu_faster_than_eager_pytorch():
-    import triton.testing
-
-    x = torch.randn(32, 96, 55, 55, device="cuda")
-    ours = triton.testing.do_bench(lambda: lrn(x, mode="avg"))
-    eager = triton.testing.do_bench(lambda: F.local_response_norm(x, 5, 1e-4, 0.75, 2.0))
-    assert ours < eager, f"lrn {ours:.3f} ms vs F.local_response_norm {eager:.3f} ms"
