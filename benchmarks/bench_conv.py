@@ -367,12 +367,10 @@ def measure(conv, net: str, shape: ConvShape, names: list[str], args) -> Row:
 def main(argv=None) -> int:
     global DEVICE, DTYPE
     args = parse_args(argv)
-    device = common.start("bench_conv.py", args.smoke)
-    if device is None:
+    started = common.start("bench_conv.py", args.smoke, DTYPE)
+    if started is None:
         return 2
-    DEVICE = device
-    if args.smoke:
-        DTYPE = torch.float32  # the interpreter has no bfloat16
+    DEVICE, DTYPE = started
 
     import triton
 

@@ -291,12 +291,10 @@ def render(header: list[str], results: list[Result], fused: dict[str, str]) -> s
 def main(argv=None) -> int:
     global DEVICE, DTYPE
     args = parse_args(argv)
-    device = common.start("bench_e2e.py", args.smoke)
-    if device is None:
+    started = common.start("bench_e2e.py", args.smoke, DTYPE)
+    if started is None:
         return 2
-    DEVICE = device
-    if args.smoke:
-        DTYPE = torch.float32  # the interpreter has no bfloat16
+    DEVICE, DTYPE = started
 
     import triton
 

@@ -137,9 +137,10 @@ COLUMNS = [
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = common.start("bench_lrn.py", args.smoke)
-    if device is None:
+    started = common.start("bench_lrn.py", args.smoke)
+    if started is None:
         return 2
+    device = started[0]  # the dtypes are the rows' (--smoke: fp32 only)
 
     import triton
 

@@ -25,15 +25,16 @@ def add_smoke_flag(parser) -> None:
                              "shapes, fp32 (checks the script; the numbers mean nothing)")
 
 
-def start(script: str, smoke: bool) -> str | None:
-    """The device to run on, or None after saying why the script cannot run here.
+def start(script: str, smoke: bool, dtype: torch.dtype = torch.bfloat16) -> tuple[str, torch.dtype] | None:
+    """The device and dtype to run with, or None after saying why the script cannot run here.
 
-    With ``smoke`` this turns Triton's interpreter on, so it must come before any kernel
-    module is imported (the kernels are decorated for one mode or the other at import).
+    With ``smoke``: the CPU and float32 (the interpreter has no bfloat16), and Triton's
+    interpreter turned on, so this must come before any kernel module is imported (the kernels
+    are decorated for one mode or the other at import).
     """
     if smoke:
         os.environ["TRITON_INTERPRET"] = "1"
-        return "cpu"
+        return "cpu", torch.float32
     if os.environ.get("TRITON_INTERPRET") == "1":
         print(f"{script}: unset TRITON_INTERPRET; the benchmark times compiled kernels "
               "(--smoke runs it under the interpreter)", file=sys.stderr)
@@ -42,7 +43,7 @@ def start(script: str, smoke: bool) -> str | None:
         print(f"{script} needs a CUDA device (none found); run it on the GPU machine, "
               "or use --smoke to check it on the CPU", file=sys.stderr)
         return None
-    return "cuda"
+    return "cuda", dtype
 
 
 def synchronize(device: str) -> None:
