@@ -173,7 +173,7 @@ def _triton():
         from triton.compiler import ASTSource, make_backend
         from triton.runtime.jit import create_function_from_signature
     except ImportError as err:  # pragma: no cover - triton is in the test extra
-        raise AotError(f"offline compilation needs triton: {err}") from None
+        raise AotError(f"offline compilation needs triton (pip install 'triton>=3.6'): {err}") from None
     return triton, GPUTarget, ASTSource, make_backend, create_function_from_signature
 
 
