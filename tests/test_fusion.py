@@ -35,6 +35,9 @@ from archdsl.passes.shapes import infer, infer_shapes
 
 PASSES = TRITON_FUSIONS
 
+NEEDS_KERNELS = "needs a CUDA device or TRITON_INTERPRET=1 (tests/conftest.py sets it on CPU)"
+needs_kernels = pytest.mark.skipif(not runtime.available(), reason=NEEDS_KERNELS)
+
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -664,9 +667,8 @@ def test_without_triton_the_backend_falls_back(monkeypatch, fresh_notice):
     assert tri.backend == "torch" and type(tri.conv1) is torch.nn.Conv2d
 
 
+@needs_kernels
 def test_inputs_the_kernel_does_not_take_fall_back_with_the_notice(fresh_notice):
-    if not runtime.available():
-        pytest.skip("needs a CUDA device or TRITON_INTERPRET=1 (tests/conftest.py sets it on CPU)")
     ref, tri = pair("cifar_resnet", n=1)
     ref, tri = ref.double().eval(), tri.double().eval()  # float64: no kernel takes it
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
@@ -685,9 +687,8 @@ def test_inputs_the_kernel_does_not_take_fall_back_with_the_notice(fresh_notice)
     assert not record
 
 
+@needs_kernels
 def test_the_kernels_running_gives_no_notice(fresh_notice):
-    if not runtime.available():
-        pytest.skip("needs a CUDA device or TRITON_INTERPRET=1 (tests/conftest.py sets it on CPU)")
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         tri = archdsl.compile("cifar_resnet", n=1, backend="triton")
@@ -711,7 +712,7 @@ TINY = """net tiny : 3x8x8 {
 def kernels_only(monkeypatch):
     """Fail if any conv falls back to F.conv2d: the Triton kernel must do them all."""
     if not runtime.available():
-        pytest.skip("needs a CUDA device or TRITON_INTERPRET=1 (tests/conftest.py sets it on CPU)")
+        pytest.skip(NEEDS_KERNELS)
     real = torch.nn.functional.conv2d
 
     def forbidden(*args, **kwargs):
