@@ -18,15 +18,9 @@ from archdsl.frontend import ast
 from archdsl.frontend.layers import layer_op
 from archdsl.frontend.loader import Program
 from archdsl.frontend.values import Value, describe, evaluate
-from archdsl.ir import ACTIVATIONS, ArchGraph, Op, Shape
+from archdsl.ir import ArchGraph, Op, Shape
 from archdsl.limits import Limits
-from archdsl.passes import shapes
-
-_BASE_NAMES = {
-    Op.INPUT: "input", Op.CONV: "conv", Op.LINEAR: "fc", Op.MAXPOOL: "pool", Op.AVGPOOL: "avgpool",
-    Op.GLOBAL_AVGPOOL: "gap", Op.LRN: "lrn", Op.BATCHNORM: "bn", Op.RELU: "relu",
-    Op.DROPOUT: "dropout", Op.SOFTMAX: "softmax", Op.ADD: "add", Op.SHORTCUT_PAD: "shortcut",
-}
+from archdsl.ops import ACTIVATIONS, BEFORE_ACTIVATION, TABLE, output_shape
 
 SHORTCUTS = ("a", "b", "c", "none", "identity")
 
@@ -55,12 +49,13 @@ class Builder:
     def emit(self, op: Op, attrs: dict, span: Span, scope: _Scope, args=None, base: str | None = None) -> str:
         if len(self.graph) >= self.limits.max_nodes:
             raise SpecError(f"the expanded net has more than {self.limits.max_nodes} ops (limit max_nodes)", span)
-        stem = scope.prefix + (base or _BASE_NAMES[op])
+        stem = scope.prefix + (base or TABLE[op].node_name)
         count = self.counters[stem] = self.counters.get(stem, 0) + 1
         name = stem if op is Op.INPUT else f"{stem}{count}"
         args = (self.current,) if args is None else args
         self.graph.add_op(name, op, args, attrs, span=span, scope=scope.path)
-        shapes.infer(self.graph, name)
+        node = self.graph.nodes[name]
+        node["meta"]["shape"] = output_shape(op, attrs, [self.shape(a) for a in args], span)
         self.current = name
         return name
 
@@ -123,7 +118,7 @@ class Builder:
         op, attrs, act = layer_op(layer, env, self.limits)
         if op in ACTIVATIONS:
             self.pending = None
-        elif op is not Op.BATCHNORM:
+        elif op not in BEFORE_ACTIVATION:
             self.flush()
         self.emit(op, attrs, layer.span, scope)
         if act == "relu":
@@ -205,13 +200,10 @@ class Builder:
         node = branch
         while node != x:
             data = self.graph.nodes[node]
-            op, attrs = data["op"], data["attrs"]
-            if op in (Op.CONV, Op.MAXPOOL, Op.AVGPOOL):
-                sh, sw = sh * attrs["stride"][0], sw * attrs["stride"][1]
-            elif op is Op.SHORTCUT_PAD:
-                sh, sw = sh * attrs["stride"], sw * attrs["stride"]
-            elif op in (Op.GLOBAL_AVGPOOL, Op.LINEAR):
+            step = TABLE[data["op"]].subsampling(data["attrs"])
+            if step is None:
                 return None
+            sh, sw = sh * step[0], sw * step[1]
             node = data["args"][0]
         return sh if sh == sw else None
 
