@@ -384,10 +384,13 @@ _CLOSING = {"{": "}", "(": ")", "[": "]"}
 
 
 def _check_closed(text: str, source: _Source) -> None:
-    """At an unexpected end of the file: point at the innermost bracket left open, if any
-    (where the author has to look, rather than the end of the file)."""
-    open_at: list[tuple[str, int, int]] = []
-    line, column, i = 1, 1, 0
+    """At an unexpected end of the file: point at the bracket left open, where the author has
+    to look, rather than at the end of the file. Brackets pair by position; where a closing
+    brace starts a line less indented than the line of the brace it would close, the
+    indentation is trusted instead, and that inner brace is the one left open."""
+    open_at: list[tuple[str, int, int, int]] = []  # (bracket, line, column, indent of its line)
+    unclosed: list[tuple[str, int, int]] = []
+    line, column, i, indent, first = 1, 1, 0, 0, True
     while i < len(text):
         ch = text[i]
         if ch == "#" or ch == '"':  # a comment or a string: skip to its end (not past the line)
@@ -398,19 +401,28 @@ def _check_closed(text: str, source: _Source) -> None:
                 quote = text.find('"', i + 1, newline)
                 end = newline if quote < 0 else quote + 1
             column += end - i
-            i = end
+            i, first = end, False
             continue
         if ch in _CLOSING:
-            open_at.append((ch, line, column))
-        elif ch in _CLOSING.values() and open_at and _CLOSING[open_at[-1][0]] == ch:
-            open_at.pop()
+            open_at.append((ch, line, column, indent))
+        elif ch in _CLOSING.values():
+            if first:  # a closing bracket that starts its line closes the bracket opened at its indent
+                while len(open_at) > 1 and open_at[-1][3] > indent and open_at[-2][3] >= indent:
+                    unclosed.append(open_at.pop()[:3])
+            if open_at and _CLOSING[open_at[-1][0]] == ch:
+                open_at.pop()
         if ch == "\n":
-            line, column = line + 1, 1
+            line, column, indent, first = line + 1, 1, 0, True
         else:
+            if first and ch in " \t":
+                indent += 1
+            elif ch not in "\r":
+                first = False
             column += 1
         i += 1
-    if open_at:
-        ch, line, column = open_at[-1]
+    left = sorted(unclosed, key=lambda b: (b[1], b[2]))[:1] or [b[:3] for b in open_at[-1:]]
+    if left:
+        ch, line, column = left[0]
         raise SpecError(f"expected '{_CLOSING[ch]}' to close this '{ch}', found the end of the file",
                         source.span(line, column, line, column + 1))
 
