@@ -26,6 +26,10 @@ PARAMS = {
     "resnet152": 60_192_808,
     "cifar_resnet": 269_722,
     "cifar_plain": 269_722,
+    # Pre-activation CIFAR ResNets (He et al. 2016, "Identity Mappings"): "1.7M" each in the
+    # paper; the exact counts follow from its description (test_preact_cifar_resnets_by_hand).
+    "preact_resnet110": 1_727_962,
+    "preact_resnet164": 1_703_258,
 }
 
 # Multiply-adds as the papers quote them (ResNet Table 1; VGG-19 in the ResNet paper, and
@@ -132,3 +136,52 @@ def test_emitted_source_is_the_same_module(name):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(emitted(x), module(x), rtol=0, atol=0)
+
+
+def _bn(c):
+    return 2 * c  # scale and shift
+
+
+def test_preact_cifar_resnets_by_hand():
+    """The counts pinned above, derived from the paper's description (He et al. 2016,
+    "Identity Mappings", section 4 and appendix): convs without bias (BN follows or precedes
+    each), a BN before every conv of a unit, a final BN before the pooling, fc-10 with bias.
+
+    ResNet-110: 18 basic units [3x3, c; 3x3, c] per stage, c = 16, 32, 64, shortcuts as the
+    original CIFAR nets (option A, no parameters). Each unit has two BNs; the first unit's
+    first BN sits on conv1's output, so the BNs match the original net's one-per-conv, and the
+    count equals the original ResNet-110's 1,727,962 (REFERENCE.md).
+
+    ResNet-164: 18 bottleneck units [1x1, c; 3x3, c; 1x1, 4c] per stage, c = 16, 32, 64;
+    where the dimensions grow (the first unit of each stage: 16->64, 64->128, 128->256) a 1x1
+    projection without BN, sharing the unit's leading BN-ReLU ("when reducing the feature map
+    size we use projection shortcuts ... with pre-activation").
+    """
+    def basic(cin, c):
+        return _bn(cin) + cin * c * 9 + _bn(c) + c * c * 9
+
+    stages = [(16, 16), (16, 32), (32, 64)]
+    body = sum(basic(cin, c) + 17 * basic(c, c) for cin, c in stages)
+    resnet110 = 3 * 16 * 9 + body + _bn(64) + 64 * 10 + 10
+    assert resnet110 == 1_727_962 == PARAMS["preact_resnet110"]
+
+    def bottleneck(cin, c, project):
+        convs = _bn(cin) + cin * c + _bn(c) + c * c * 9 + _bn(c) + c * 4 * c
+        return convs + (cin * 4 * c if project else 0)
+
+    stages = [(16, 16), (64, 32), (128, 64)]
+    body = sum(bottleneck(cin, c, True) + 17 * bottleneck(4 * c, c, False) for cin, c in stages)
+    resnet164 = 3 * 16 * 9 + body + _bn(256) + 256 * 10 + 10
+    assert resnet164 == 1_703_258 == PARAMS["preact_resnet164"]
+    # 164 = 9n + 2 weighted layers for n = 18, plus the three projections
+    weighted = [d for _, d in archdsl.load("preact_resnet164").ops()
+                if d["op"] in (archdsl.Op.CONV, archdsl.Op.LINEAR)]
+    assert len(weighted) == 9 * 18 + 2 + 3
+
+
+def test_preact_units_end_at_the_addition():
+    g = archdsl.load("preact_resnet110")
+    adds = [n for n, d in g.ops() if d["op"] is archdsl.Op.ADD]
+    assert len(adds) == 3 * 18
+    for add in adds[:-1]:  # the next unit's BN reads the raw sum (no ReLU after the addition)
+        assert all(g.nodes[u]["op"] is not archdsl.Op.RELU for u in g.users(add))
