@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import warnings
 from pathlib import Path
 from typing import Any
 
-from archdsl.errors import SpecError
+from archdsl.errors import SpecError, SpecWarning
 from archdsl.frontend.expand import build
 from archdsl.frontend.loader import load_program, read_source
 from archdsl.frontend.values import Value
@@ -106,7 +107,9 @@ def load_for_dense(spec: str | Path | ArchGraph, *, net: str | None = None, inpu
     """
     if isinstance(spec, ArchGraph):
         return spec, _shape(input)
-    graph = load(spec, net=net, input=input, limits=limits, params=params, **kwargs)
+    with warnings.catch_warnings():  # fc sizes at ``input`` do not matter: the dense form keeps the spec's
+        warnings.simplefilter("ignore", SpecWarning)
+        graph = load(spec, net=net, input=input, limits=limits, params=params, **kwargs)
     declared = graph.graph.get("spec_input")
     if input is None or declared is None or declared == graph.input_shape:
         return graph, None

@@ -220,3 +220,24 @@ def test_parse_errors_exit_2_on_the_command_line(tmp_path, capsys):
     assert main(["check", str(spec)]) == 2
     err = capsys.readouterr().err
     assert "dup.arch:2:18: error: option 'pad' given twice" in err and "Traceback" not in err
+
+
+def test_an_fc_resized_by_another_input_is_a_warning_naming_both_sizes():
+    text = "net v : 3x32x32 {\n  conv3-8; maxpool\n  fc-10\n}"
+    with pytest.warns(archdsl.errors.SpecWarning) as record:
+        archdsl.loads(text, file="v.arch", input="3x64x64")
+    message = str(record[0].message)
+    assert message.startswith("v.arch:3:3: warning: fc-10 receives 8192 features (8x32x32) at input 3x64x64, "
+                              "but 2048 (8x16x16) at the spec's declared input 3x32x32")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        archdsl.loads(text, input="3x32x32")  # the declared size: no warning
+        archdsl.loads("net v : 3x32x32 { conv3-8; gap; fc-10 }", input="3x64x64")  # pooled: same size
+
+
+def test_a_residual_that_pools_globally_is_an_error_at_the_residual():
+    err = error("net r : 16x32x32 {\n  residual {\n    conv3-16; gap\n  }\n}")
+    assert (err.line, err.column) == (2, 3)
+    assert "reduces its 16x32x32 input to 16x1x1 by global average pooling (line 3)" in err.message
+    assert "which no shortcut can follow" in err.message

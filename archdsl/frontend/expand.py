@@ -19,7 +19,9 @@ them (a block body sees only its own); a name is defined once where it is visibl
 
 from __future__ import annotations
 
-from archdsl.errors import Span, SpecError
+import warnings
+
+from archdsl.errors import Span, SpecError, SpecWarning
 from archdsl.frontend import ast
 import networkx as nx
 
@@ -536,4 +538,20 @@ def build(program: Program, net: ast.NetDef, overrides: dict[str, Value], input_
         if name != builder.current and graph.out_degree(name) == 0:
             raise SpecError("the output of this statement is never used: expected every value to flow into "
                             "the net's output (name it and use the name, or remove it)", graph.nodes[name]["span"])
+    if net.input_shape is not None and input_shape is not None and input_shape != net.input_shape:
+        _warn_resized_fc(graph, build(program, net, overrides, None, limits))
     return graph
+
+
+def _warn_resized_fc(graph: ArchGraph, declared: ArchGraph) -> None:
+    """An fc whose input differs from the one it has at the spec's declared input: its weights
+    are not those the spec describes (VGG's fc6 at 256x256 has 18432 inputs, not 25088)."""
+    for name, data in graph.nodes(data=True):
+        if data["op"] is not Op.LINEAR or name not in declared or declared.nodes[name]["op"] is not Op.LINEAR:
+            continue
+        here, there = graph.shape(data["args"][0]), declared.shape(declared.nodes[name]["args"][0])
+        if here.numel != there.numel:
+            warnings.warn(SpecWarning(
+                f"fc-{data['attrs']['out_features']} receives {here.numel} features ({here}) at input "
+                f"{graph.input_shape}, but {there.numel} ({there}) at the spec's declared input "
+                f"{declared.input_shape}: its weights differ from the spec's", data["span"]), stacklevel=2)
