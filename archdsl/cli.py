@@ -171,15 +171,11 @@ def write_atomic(path: Path, text: str) -> None:
 
 def _build(args) -> int:
     from archdsl.codegen.torch_source import emit_source
-    from archdsl.passes import lowering_pipeline
+    from archdsl.pipeline import lower_graph
     from archdsl.summary import table
 
-    if args.dense:
-        graph, dense_input = _load(args, dense=True)
-        lowered = lowering_pipeline(graph, backend=args.backend, dense=True, dense_input=dense_input)
-    else:
-        graph = _load(args)
-        lowered = lowering_pipeline(graph, backend=args.backend)
+    graph, dense_input = _load(args, dense=True) if args.dense else (_load(args), None)
+    lowered = lower_graph(graph, args.backend, dense=args.dense, dense_input=dense_input)
     source = emit_source(lowered, backend=args.backend)
     default = f"{graph.name}_dense.py" if args.dense else f"{graph.name}.py"
     out = Path(args.output) if args.output else Path("build") / default

@@ -7,7 +7,7 @@ of the layer in the lowered module) and its data is:
 =========  ==============================================================================
 ``op``     an :class:`Op`
 ``args``   tuple of input node names, in order (edges mirror them, with ``index`` = position)
-``attrs``  dict of the op's attributes; :data:`SCHEMA` lists, for each op, the required keys
+``attrs``  dict of the op's attributes; the op's row in :data:`archdsl.ops.TABLE` lists the required keys
 ``span``   :class:`~archdsl.errors.Span` of the spec text the node came from
 ``scope``  dotted path of the block calls the node was expanded from ("" at net level)
 ``meta``   analysis results, written by passes: ``shape`` (:class:`Shape` of the output),
@@ -29,140 +29,14 @@ weights when a state dict is loaded, so an fc module's ``state_dict()`` loads un
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import networkx as nx
 
+from archdsl.ops import TABLE, Op
+from archdsl.shape import Shape
 
-class Op(enum.Enum):
-    INPUT = "input"
-    CONV = "conv"
-    LINEAR = "linear"
-    MAXPOOL = "maxpool"
-    AVGPOOL = "avgpool"
-    GLOBAL_AVGPOOL = "gap"
-    LRN = "lrn"
-    BATCHNORM = "bn"
-    RELU = "relu"
-    DROPOUT = "dropout"
-    SOFTMAX = "softmax"
-    ADD = "add"
-    SHORTCUT_PAD = "shortcut_pad"  # ResNet option A: subsample, zero-pad the extra channels
-    FUSED_CONV = "conv_bn_relu"  # conv [-> batch norm] [-> ReLU] as one node (backend passes)
-
-    def __repr__(self) -> str:
-        return f"Op.{self.name}"
-
-
-
-@dataclass(frozen=True)
-class OpSchema:
-    arity: int | tuple[int, int]  # inputs: a number, or (fewest, most)
-    attrs: dict[str, type | tuple[type, ...]]
-    weighted: bool = False  # owns a weight tensor whose multiply-accumulates count as MACs
-    doc: str = ""
-
-
-#: For each op: how many inputs it takes, the attributes it requires (and their types),
-#: and what it means. Passes and lowerings rely on exactly these keys.
-SCHEMA: dict[Op, OpSchema] = {
-    Op.INPUT: OpSchema(0, {"shape": object}, doc="the network input; attrs.shape is a Shape"),
-    Op.CONV: OpSchema(
-        1,
-        {"out_channels": int, "kernel": tuple, "stride": tuple, "padding": tuple,
-         "groups": int, "bias": bool},
-        weighted=True,
-        doc="2-D convolution; kernel/stride/padding are (h, w) pairs",
-    ),
-    Op.LINEAR: OpSchema(
-        1, {"out_features": int, "bias": bool}, weighted=True,
-        doc="fully connected layer; a CxHxW input is flattened in (C, H, W) order; optional "
-            "attrs['in_features']: the input size the spec states, checked by shape inference",
-    ),
-    Op.MAXPOOL: OpSchema(1, {"kernel": tuple, "stride": tuple, "padding": tuple}),
-    Op.AVGPOOL: OpSchema(1, {"kernel": tuple, "stride": tuple, "padding": tuple}),
-    Op.GLOBAL_AVGPOOL: OpSchema(1, {}, doc="average over the whole map: CxHxW -> Cx1x1"),
-    Op.LRN: OpSchema(
-        1, {"size": int, "alpha": float, "beta": float, "k": float, "mode": str},
-        doc="local response normalisation across channels; mode 'sum' (paper: "
-            "k + alpha*sum) or 'avg' (PyTorch/Caffe: k + alpha/n*sum)",
-    ),
-    Op.BATCHNORM: OpSchema(1, {"eps": float}),
-    Op.RELU: OpSchema(1, {}),
-    Op.DROPOUT: OpSchema(1, {"p": float}),
-    Op.SOFTMAX: OpSchema(1, {}, doc="softmax over channels (dim 1)"),
-    Op.ADD: OpSchema(2, {}, doc="elementwise sum of two same-shaped tensors (residual add)"),
-    Op.SHORTCUT_PAD: OpSchema(
-        1, {"stride": int, "out_channels": int},
-        doc="identity shortcut where dimensions grow: x[:, :, ::s, ::s], zero-padded channels",
-    ),
-    Op.FUSED_CONV: OpSchema(
-        (1, 2),
-        {"out_channels": int, "kernel": tuple, "stride": tuple, "padding": tuple,
-         "groups": int, "bias": bool, "bn": bool, "eps": float, "bn_name": str, "relu": bool},
-        weighted=True,
-        doc="a conv (the CONV attrs; the node keeps the conv's name) followed by a batch norm "
-            "when ``bn`` (with its ``eps``; ``bn_name`` is the name the BN node had, which the "
-            "lowering keeps for the BN's parameters so state_dict keys do not change; \"\" "
-            "without BN) and a ReLU when ``relu``; with the optional ``residual`` (True), a "
-            "second input is added before the ReLU (a ResNet block's shortcut). Made by "
-            "passes/fold_bn.py and passes/fuse.py; in eval mode the BN is folded into the "
-            "conv's weight and bias",
-    ),
-}
-
-#: Ops that apply an activation function (written by the user or implied after a conv/fc).
-ACTIVATIONS = frozenset({Op.RELU, Op.SOFTMAX})
-
-
-@dataclass(frozen=True)
-class Shape:
-    """The shape of one sample: ``(C, H, W)`` for feature maps, ``(F,)`` for vectors."""
-
-    dims: tuple[int, ...]
-
-    @classmethod
-    def of(cls, *dims: int) -> "Shape":
-        return cls(tuple(int(d) for d in dims))
-
-    @classmethod
-    def parse(cls, text: str) -> "Shape":
-        """``"3x224x224"`` -> Shape((3, 224, 224)); raises ValueError on anything else."""
-        parts = text.lower().split("x")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
-            raise ValueError(f"expected an input shape like 3x224x224, found {text!r}")
-        dims = tuple(int(p) for p in parts)
-        if min(dims) < 1:
-            raise ValueError(f"input shape {text!r} has a zero dimension")
-        return cls(dims)
-
-    @property
-    def is_map(self) -> bool:
-        return len(self.dims) == 3
-
-    @property
-    def c(self) -> int:
-        return self.dims[0]
-
-    @property
-    def h(self) -> int:
-        return self.dims[1] if self.is_map else 1
-
-    @property
-    def w(self) -> int:
-        return self.dims[2] if self.is_map else 1
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for d in self.dims:
-            n *= d
-        return n
-
-    def __str__(self) -> str:
-        return "x".join(str(d) for d in self.dims)
+__all__ = ["ArchGraph", "Op", "Shape", "VerifyError", "verify"]
 
 
 class ArchGraph(nx.DiGraph):
@@ -275,16 +149,16 @@ def verify(graph: ArchGraph, analysed: bool = True) -> None:
         op = data.get("op")
         if not isinstance(op, Op):
             fail(name, f"op {op!r} is not an Op")
-        schema = SCHEMA[op]
+        row = TABLE[op]
         args = data.get("args")
-        low, high = schema.arity if isinstance(schema.arity, tuple) else (schema.arity, schema.arity)
+        low, high = row.arity if isinstance(row.arity, tuple) else (row.arity, row.arity)
         if not isinstance(args, tuple) or not low <= len(args) <= high:
-            fail(name, f"{op.value} takes {schema.arity} input(s), has args {args!r}")
+            fail(name, f"{op.value} takes {row.arity} input(s), has args {args!r}")
         preds = {(u, graph.edges[u, name]["index"]) for u in graph.predecessors(name)}
         if preds != {(a, i) for i, a in enumerate(args)}:
             fail(name, f"edges {sorted(preds)} do not match args {args}")
         attrs = data.get("attrs")
-        for key, kind in schema.attrs.items():
+        for key, kind in row.attrs.items():
             if key not in attrs:
                 fail(name, f"{op.value} requires attribute {key!r}")
             if not isinstance(attrs[key], kind):
@@ -293,10 +167,9 @@ def verify(graph: ArchGraph, analysed: bool = True) -> None:
             fail(name, "has no inferred shape (meta['shape'])")
         if name != output and graph.out_degree(name) == 0:
             fail(name, "is not used and is not the output")
-        if op is Op.FUSED_CONV and attrs["bn"] != bool(attrs["bn_name"]):
-            fail(name, "a fused conv names its batch norm (bn_name) exactly when it has one (bn)")
-        if op is Op.FUSED_CONV and len(args) != 1 + bool(attrs.get("residual")):
-            fail(name, "a fused conv has a second input exactly when it adds a residual")
+        broken = row.check(attrs, args) if row.check else None
+        if broken:
+            fail(name, broken)
     owned: set[str] = set()  # names a fused conv keeps for its batch norm's parameters
     for name, data in graph.nodes(data=True):
         bn_name = data["attrs"].get("bn_name") if data["op"] is Op.FUSED_CONV else ""

@@ -2,22 +2,26 @@
 
     parse        text -> syntax tree, imports read            frontend/parser.py, loader.py
     expand       repeats, blocks, residuals, implied ReLUs;   frontend/expand.py
-                 each node's shape inferred as it is added    passes/shapes.py
+                 each node's shape inferred as it is added    ops/ (each op's shape rule)
     analyse      parameters, MACs, receptive field            passes/analysis.py
     verify       IR invariants                                ir.py
-    transform    backend/evaluation passes (lowering plan)    passes/__init__.py
-    lower        nn.Module in process, or module source       codegen/
+    transform    dense form; the backend's rewrite rules      passes/fc_to_conv.py, rewrite.py, fuse.py
+    lower        nn.Module in process, or module source       codegen/torch_module.py, torch_source.py
+
+:func:`loads`/:func:`load` run the first four stages, :func:`lower_graph` the transforms (the
+one place they are assembled: :func:`compile`, ``archdsl build`` and the offline kernel
+compiler all call it), :func:`compile` all of them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import warnings
 from pathlib import Path
 from typing import Any
 
-from archdsl.errors import SpecError, SpecWarning
+from archdsl.backends import Backend, get, resolve
+from archdsl.errors import SpecError
 from archdsl.frontend.expand import build
 from archdsl.frontend.loader import load_program, read_source
 from archdsl.frontend.values import Value
@@ -58,11 +62,19 @@ def loads(text: str, *, net: str | None = None, input: Any = None, file: str = "
     Raises:
         SpecError: anything wrong with the spec, pointing at the line.
     """
+    program, net_def = _parse(text, net, file, limits, base_dir)
+    return _expand(program, net_def, _shape(input), limits, {**(params or {}), **kwargs})
+
+
+def _parse(text: str, net: str | None, file: str, limits: Limits, base_dir) -> tuple:
     with _gc_paused():
         program = load_program(text, file, limits, Path(base_dir) if base_dir else Path.cwd())
-        values = {**(params or {}), **kwargs}
-        net_def = program.net(net)
-        graph = build(program, net_def, values, _shape(input), limits)
+    return program, program.net(net)
+
+
+def _expand(program, net_def, input: Shape | None, limits: Limits, values: dict) -> ArchGraph:
+    with _gc_paused():
+        graph = build(program, net_def, values, input, limits)
         graph.graph["spec_input"] = net_def.input_shape
         analyse(graph)
         verify(graph)
@@ -89,10 +101,15 @@ def load(path: str | Path, *, net: str | None = None, input: Any = None, limits:
 
     Arguments as for :func:`loads`.
     """
+    text, file, base_dir = _read(path, limits)
+    return loads(text, net=net, input=input, file=file, limits=limits, params=params, base_dir=base_dir,
+                 **kwargs)
+
+
+def _read(path: str | Path, limits: Limits) -> tuple[str, str, Path]:
+    """(text, the file name errors give, the folder imports start from) of a spec file."""
     file = resolve_spec(path)
-    text = read_source(file, limits)
-    return loads(text, net=net, input=input, file=str(path) if Path(path).is_file() else str(file),
-                 limits=limits, params=params, base_dir=file.parent, **kwargs)
+    return read_source(file, limits), str(path) if Path(path).is_file() else str(file), file.parent
 
 
 def load_for_dense(spec: str | Path | ArchGraph, *, net: str | None = None, input: Any = None,
@@ -107,13 +124,36 @@ def load_for_dense(spec: str | Path | ArchGraph, *, net: str | None = None, inpu
     """
     if isinstance(spec, ArchGraph):
         return spec, _shape(input)
-    with warnings.catch_warnings():  # fc sizes at ``input`` do not matter: the dense form keeps the spec's
-        warnings.simplefilter("ignore", SpecWarning)
-        graph = load(spec, net=net, input=input, limits=limits, params=params, **kwargs)
-    declared = graph.graph.get("spec_input")
-    if input is None or declared is None or declared == graph.input_shape:
-        return graph, None
-    return load(spec, net=net, limits=limits, params=params, **kwargs), graph.input_shape
+    text, file, base_dir = _read(spec, limits)
+    program, net_def = _parse(text, net, file, limits, base_dir)
+    values = {**(params or {}), **kwargs}
+    declared, wanted = net_def.input_shape, _shape(input)
+    if wanted is None or declared is None or declared == wanted:
+        return _expand(program, net_def, wanted, limits, values), None
+    return _expand(program, net_def, None, limits, values), wanted
+
+
+def lower_graph(graph: ArchGraph, backend: Backend | str = "torch", *, dense: bool = False,
+                dense_input: Shape | None = None) -> ArchGraph:
+    """The transforms between a checked graph and a module, in order; each result verified.
+
+    Args:
+        graph: a checked graph (:func:`load`); it is not modified.
+        backend: the backend (or its name) whose rewrite rules to run.
+        dense: the fully-convolutional form (:func:`~archdsl.passes.fc_to_conv.fc_to_conv`).
+        dense_input: the input shape the dense form runs at (default the graph's own, which is
+            also the size the fc layers are converted at).
+    """
+    from archdsl.passes.fc_to_conv import fc_to_conv
+    from archdsl.passes.rewrite import rewrite
+
+    backend = get(backend)
+    if dense:
+        graph = fc_to_conv(graph, dense_input)  # dense form: fc layers become convolutions
+    verify(graph)
+    graph, _ = rewrite(graph, backend.rules)  # the backend's fusions
+    verify(graph)
+    return graph
 
 
 def compile(spec: str | Path | ArchGraph, *, backend: str = "torch", dense: bool = False,
@@ -133,8 +173,8 @@ def compile(spec: str | Path | ArchGraph, *, backend: str = "torch", dense: bool
         net, input, limits, params, kwargs: as for :func:`loads`, when ``spec`` is not a graph.
     """
     from archdsl.codegen.torch_module import build_module
-    from archdsl.passes import lowering_pipeline
 
+    wanted = get(backend)  # an unknown name fails before any work
     dense_input = None
     if dense:
         graph, dense_input = load_for_dense(spec, net=net, input=input, limits=limits, params=params,
@@ -142,8 +182,9 @@ def compile(spec: str | Path | ArchGraph, *, backend: str = "torch", dense: bool
     else:
         graph = spec if isinstance(spec, ArchGraph) else load(
             spec, net=net, input=input, limits=limits, params=params, **kwargs)
-    graph = lowering_pipeline(graph, backend=backend, dense=dense, dense_input=dense_input)
+    graph = lower_graph(graph, wanted, dense=dense, dense_input=dense_input)
     if graph.params > limits.max_params:
         raise SpecError(f"net {graph.name!r} has {graph.params:,} parameters, over the limit of "
                         f"{limits.max_params:,} (limit max_params)", graph.graph.get("spec"))
-    return build_module(graph, backend)
+    wanted, here = resolve(wanted)
+    return build_module(graph, here, wanted)

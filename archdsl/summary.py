@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from archdsl.ir import ArchGraph
-from archdsl.passes.analysis import describe
+from archdsl.ops import describe
 
 
 def rows(graph: ArchGraph) -> list[dict]:

@@ -186,11 +186,10 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def fused_summary(spec: str, params: dict, size: int) -> str:
-    from archdsl.passes import lowering_pipeline
     from archdsl.passes.fuse import fusion_summary
-    from archdsl.pipeline import load
+    from archdsl.pipeline import load, lower_graph
 
-    return fusion_summary(lowering_pipeline(load(spec, input=(3, size, size), **params), backend="triton"))
+    return fusion_summary(lower_graph(load(spec, input=(3, size, size), **params), backend="triton"))
 
 
 def build_variants(spec: str, params: dict, variants, args):

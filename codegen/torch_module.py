@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from archdsl.codegen.torch_ops import from_linear, last_uses, linear_weights_as_kernels, lower
+from archdsl.backends import TORCH, Backend
+from archdsl.codegen.torch_ops import forward_fn, from_linear, last_uses, linear_weights_as_kernels, lower
 from archdsl.ir import ArchGraph
 
 
@@ -19,14 +20,12 @@ class ArchModule(torch.nn.Module):
     module's state dict: a pre-hook reshapes the 2-D fc weights to kernels as they load.
     """
 
-    def __init__(self, graph: ArchGraph, backend: str = "torch"):
+    def __init__(self, graph: ArchGraph, backend: Backend = TORCH, requested: Backend | None = None):
         super().__init__()
-        from archdsl.codegen.triton.runtime import resolve_backend
-
         self.arch_name = graph.name
-        self.requested_backend = backend
-        # "triton" where no kernel can run here: PyTorch layers, and a notice (once per process).
-        self.backend = backend = resolve_backend(backend)
+        # requested: the backend asked for, where ``backend`` stands in for it (no kernel runs here).
+        self.requested_backend = (requested or backend).name
+        self.backend = backend.name
         order = graph.order()
         frees = last_uses(graph, order)
         self._input = graph.graph["input"]
@@ -44,7 +43,7 @@ class ArchModule(torch.nn.Module):
             if name == self._input:
                 continue
             lowered = lowered_nodes[name]
-            self._program.append((name, lowered.layer is not None, lowered.fn,
+            self._program.append((name, lowered.layer is not None, forward_fn(lowered),
                                   graph.nodes[name]["args"], tuple(frees[name]),
                                   tuple((role, attribute) for role, attribute, _ in lowered.extra)))
         self._from_linear = from_linear(graph)
@@ -72,5 +71,12 @@ class ArchModule(torch.nn.Module):
         return f"arch={self.arch_name!r}, backend={self.backend!r}{fallback}"
 
 
-def build_module(graph: ArchGraph, backend: str = "torch") -> ArchModule:
-    return ArchModule(graph, backend)
+def build_module(graph: ArchGraph, backend: Backend = TORCH, requested: Backend | None = None) -> ArchModule:
+    """The in-process module of a lowered graph.
+
+    Args:
+        graph: a graph prepared for ``backend`` (:func:`archdsl.pipeline.lower_graph`).
+        backend: the backend whose lowerings to use.
+        requested: the backend the user asked for, where ``backend`` stands in for it.
+    """
+    return ArchModule(graph, backend, requested)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import keyword
 import re
 
+from archdsl.backends import TORCH, Backend, get
 from archdsl.codegen.torch_ops import from_linear, last_uses, lower
 from archdsl.ir import ArchGraph
 
@@ -57,8 +58,14 @@ def _literal(value) -> str:
     raise ValueError(f"refusing to emit {value!r} into generated source")
 
 
-def emit_source(graph: ArchGraph, backend: str = "torch") -> str:
-    """The graph as a Python module defining one ``nn.Module`` subclass."""
+def emit_source(graph: ArchGraph, backend: Backend | str = TORCH) -> str:
+    """The graph as a Python module defining one ``nn.Module`` subclass.
+
+    Args:
+        graph: a graph prepared for ``backend`` (:func:`archdsl.pipeline.lower_graph`).
+        backend: the backend (or its name) whose lowerings to use.
+    """
+    backend = get(backend)
     order = graph.order()
     frees = last_uses(graph, order)
     names = Namespace(_RESERVED)

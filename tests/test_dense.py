@@ -122,9 +122,9 @@ def test_vgg_at_384_gives_a_6x6_map_with_kernels_from_the_spec_input():
     # Built at the spec's 224 (fc1 is 7x7), inferred at 384: 12x12 before fc1, 6x6 after.
     graph, dense_input = load_for_dense("vgg_d", input="3x384x384")
     assert graph.input_shape.dims == (3, 224, 224) and dense_input.dims == (3, 384, 384)
-    from archdsl.passes import lowering_pipeline
+    from archdsl.pipeline import lower_graph
 
-    dense = lowering_pipeline(graph, dense=True, dense_input=dense_input)
+    dense = lower_graph(graph, dense=True, dense_input=dense_input)
     assert dense.output_shape.dims == (1000, 6, 6)
     assert dense.nodes["fc1"]["attrs"]["kernel"] == (7, 7)
     assert dense.params == archdsl.load("vgg_d").params

@@ -21,23 +21,17 @@ from __future__ import annotations
 
 import warnings
 
-from archdsl.errors import Span, SpecError, SpecWarning
-from archdsl.frontend import ast
 import networkx as nx
 
+from archdsl.errors import Span, SpecError, SpecWarning
+from archdsl.frontend import ast
 from archdsl.frontend.layers import layer_names, layer_op, resolve_name
 from archdsl.frontend.loader import Program, bundled_library_of
 from archdsl.frontend.suggest import did_you_mean
 from archdsl.frontend.values import Value, as_int, describe, evaluate
-from archdsl.ir import ACTIVATIONS, ArchGraph, Op, Shape
+from archdsl.ir import ArchGraph, Op, Shape
 from archdsl.limits import Limits
-from archdsl.passes import shapes
-
-_BASE_NAMES = {
-    Op.INPUT: "input", Op.CONV: "conv", Op.LINEAR: "fc", Op.MAXPOOL: "pool", Op.AVGPOOL: "avgpool",
-    Op.GLOBAL_AVGPOOL: "gap", Op.LRN: "lrn", Op.BATCHNORM: "bn", Op.RELU: "relu",
-    Op.DROPOUT: "dropout", Op.SOFTMAX: "softmax", Op.ADD: "add", Op.SHORTCUT_PAD: "shortcut",
-}
+from archdsl.ops import ACTIVATIONS, BEFORE_ACTIVATION, TABLE, output_shape
 
 # a: identity, zero-padded; b: 1x1 projection + BN where the dimensions change; c: projections
 # everywhere; p: a 1x1 projection without BN where they change; preact: like p, the projection
@@ -104,12 +98,13 @@ class Builder:
     def emit(self, op: Op, attrs: dict, span: Span, scope: _Scope, args=None, base: str | None = None) -> str:
         if len(self.graph) >= self.limits.max_nodes:
             raise SpecError(f"the expanded net has more than {self.limits.max_nodes} ops (limit max_nodes)", span)
-        stem = scope.prefix + (base or _BASE_NAMES[op])
+        stem = scope.prefix + (base or TABLE[op].node_name)
         count = self.counters[stem] = self.counters.get(stem, 0) + 1
         name = stem if op is Op.INPUT else f"{stem}{count}"
         args = (self.current,) if args is None else args
         self.graph.add_op(name, op, args, attrs, span=span, scope=scope.path)
-        shapes.infer(self.graph, name)
+        node = self.graph.nodes[name]
+        node["meta"]["shape"] = output_shape(op, attrs, [self.shape(a) for a in args], span)
         self.current = name
         return name
 
@@ -219,7 +214,7 @@ class Builder:
         op, attrs, act = layer_op(layer, {**env, INPUT_WIDTH: self.shape(self.current).c}, self.limits)
         if op in ACTIVATIONS:
             self.pending = None
-        elif op is not Op.BATCHNORM:
+        elif op not in BEFORE_ACTIVATION:
             self.flush()
         self.emit(op, attrs, layer.span, scope)
         if act == "relu":
@@ -285,10 +280,11 @@ class Builder:
         hint = self.branch_stride(x, branch)
         if isinstance(hint, str):  # the branch pools globally, or flattens: no stride follows it
             where = self.graph.nodes[hint]["span"]
+            what = _WHOLE_MAP.get(self.graph.nodes[hint]["op"], self.graph.nodes[hint]["op"].value)
             raise SpecError(
-                f"the residual branch reduces its {s_in} input to {s_out} by {_WHOLE_MAP[self.graph.nodes[hint]['op']]} "
-                f"(line {where.line}), which no shortcut can follow: expected a branch that keeps the size "
-                "or shrinks it by a whole stride", span).with_note("the branch reduces the whole map here", where)
+                f"the residual branch reduces its {s_in} input to {s_out} by {what} (line {where.line}), "
+                "which no shortcut can follow: expected a branch that keeps the size or shrinks it by a "
+                "whole stride", span).with_note("the branch reduces the whole map here", where)
         stride = _subsampling(s_in, s_out, hint)
         if stride is None:
             raise SpecError(
@@ -330,15 +326,12 @@ class Builder:
         node = branch
         while node != x:
             data = self.graph.nodes[node]
-            op, attrs = data["op"], data["attrs"]
-            if op in (Op.CONV, Op.MAXPOOL, Op.AVGPOOL):
-                sh, sw = sh * attrs["stride"][0], sw * attrs["stride"][1]
-            elif op is Op.SHORTCUT_PAD:
-                sh, sw = sh * attrs["stride"], sw * attrs["stride"]
-            elif op in _WHOLE_MAP and self.shape(data["args"][0]).is_map:
-                return node
-            if not data["args"]:
+            if not data["args"]:  # the branch reads a value from before the unit
                 return None
+            step = TABLE[data["op"]].subsampling(data["attrs"])
+            if step is None:  # no single stride: global pooling, an fc
+                return node if self.shape(data["args"][0]).is_map else None
+            sh, sw = sh * step[0], sw * step[1]
             node = max(data["args"], key=lambda a: self.shape(a).h * self.shape(a).w)
         return sh if sh == sw else None
 

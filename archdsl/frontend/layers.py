@@ -1,30 +1,25 @@
 """The layer vocabulary of the spec language: how ``conv3-64/2 pad=1`` becomes an op and attributes.
 
-Each entry of :data:`LAYERS` turns one written layer (its name, the ``-width`` and ``/stride``
-parts and its ``key=value`` options, all already evaluated) into an :class:`~archdsl.ir.Op`
-and the attributes :data:`archdsl.ir.SCHEMA` requires. ``archdsl help-layers`` and the README
-are generated from the same table's docs.
+A written layer's name picks a row of the op table (:data:`archdsl.ops.DSL_NAMES`); the row's
+``dsl.build`` turns the layer (its ``-width`` and ``/stride`` parts and its ``key=value``
+options, read through :class:`Written`) into the attributes its op requires.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from archdsl.errors import Span, SpecError
 from archdsl.frontend import ast
 from archdsl.frontend.values import Value, as_int, describe, evaluate
-from archdsl.ir import Op
+from archdsl.ops import DSL_NAMES, TABLE, Dsl, Op
 
 _NAME = re.compile(r"^(?P<base>[a-z_]+?)(?P<kh>\d+)?(?:x(?P<kw>\d+))?$")
 
-# Spellings that mean the same layer.
-_ALIASES = {
-    "soft-max": "softmax", "pool": "maxpool", "linear": "fc", "batchnorm": "bn",
-    "globalavgpool": "gap", "global_avgpool": "gap",
-}
+#: Each layer's name as error messages give it (the first of its DSL names) -> its op, in table order.
+LAYERS: dict[str, Op] = {row.dsl.names[0]: op for op, row in TABLE.items() if row.dsl}
 
 
 class Written:
@@ -106,122 +101,25 @@ class Written:
             raise self.error(f"expected {name} to be one of {', '.join(choices)}, found {describe(value)}", span)
         return value.lower()
 
-    def finish(self, kind: "LayerKind") -> None:
+    def finish(self, kind: Dsl) -> None:
         for name, option in self.options.items():
             if name not in self.used:
                 known = ", ".join(kind.options) or "none"
                 raise self.error(f"{self.layer.name} has no option {name!r} (its options: {known})", option.span)
 
 
-@dataclass(frozen=True)
-class LayerKind:
-    build: Callable[[Written], tuple[Op, dict[str, Any], str | None]]
-    options: tuple[str, ...]
-    kernel: bool  # the name carries a window size: conv3, maxpool3, conv1x7
-    doc: str
-
-
-def _pair(v: int) -> tuple[int, int]:
-    return (v, v)
-
-
-def _padding(w: Written, kernel: tuple[int, int]) -> tuple[int, int]:
-    # Default: the padding that keeps the size at stride 1 ("same" for odd kernels).
-    return (w.int("pad", kernel[0] // 2), w.int("pad", kernel[1] // 2))
-
-
-def _conv(w: Written):
-    kernel = w.kernel
-    if kernel is None:  # conv-64 k={k}: the window size from a parameter
-        if "k" not in w.options:
-            raise w.error("conv needs a window size: write convK-C (conv3-64) or conv-C k=K")
-        kernel = _pair(w.int("k", 1, minimum=1))
-    elif "k" in w.options:
-        raise w.error("window size given twice (in the name and as k=)", w.options["k"].span)
-    attrs = {
-        "out_channels": w.width("the number of channels"),
-        "kernel": kernel,
-        "stride": _pair(w.stride(1)),
-        "padding": _padding(w, kernel),
-        "groups": w.int("groups", 1, minimum=1),
-        "bias": w.bool("bias", True),
-    }
-    return Op.CONV, attrs, w.choice("act", "relu", ("relu", "none"))
-
-
-def _fc(w: Written):
-    w.no_stride()
-    attrs = {"out_features": w.width("the number of features"), "bias": w.bool("bias", True)}
-    expected = w.int("in", 0, minimum=1)
-    if expected:  # the input size the author expects, checked against the real one
-        attrs["in_features"] = expected
-    return Op.LINEAR, attrs, w.choice("act", "relu", ("relu", "none"))
-
-
-def _pool(op: Op):
-    def build(w: Written):
-        w.no_width()
-        kernel = w.kernel or _pair(2)
-        stride = w.stride(kernel[0])
-        return op, {"kernel": kernel, "stride": _pair(stride), "padding": _pair(w.int("pad", 0))}, None
-    return build
-
-
-def _simple(op: Op, **defaults):
-    def build(w: Written):
-        w.no_width()
-        w.no_stride()
-        attrs = {}
-        for name, default in defaults.items():
-            if isinstance(default, tuple):  # (default, choices)
-                attrs[name] = w.choice(name, default[0], default[1])
-            elif isinstance(default, float):
-                attrs[name] = w.float(name, default, low=0.0)
-            else:
-                attrs[name] = w.int(name, default, minimum=1)
-        if op is Op.DROPOUT and not attrs["p"] < 1.0:
-            raise w.error(f"expected a dropout probability below 1, found {attrs['p']}")
-        return op, attrs, None
-    return build
-
-
-LAYERS: dict[str, LayerKind] = {
-    "conv": LayerKind(_conv, ("pad", "groups", "bias", "act", "stride", "k"), True,
-                      "convK-C[/S]: KxK convolution to C channels, stride S (1); pad keeps the size "
-                      "by default (K//2); options pad, groups, bias, act=relu|none; conv-C k=K "
-                      "takes the window size from an expression"),
-    "fc": LayerKind(_fc, ("bias", "act", "in"), False,
-                    "fc-N: fully connected layer to N features (flattens a CxHxW input); in=M "
-                    "states the input size it expects"),
-    "maxpool": LayerKind(_pool(Op.MAXPOOL), ("pad", "stride"), True,
-                         "maxpool[K][/S]: max pooling, KxK window (2), stride S (K); option pad"),
-    "avgpool": LayerKind(_pool(Op.AVGPOOL), ("pad", "stride"), True,
-                         "avgpool[K][/S]: average pooling, like maxpool"),
-    "gap": LayerKind(_simple(Op.GLOBAL_AVGPOOL), (), False, "gap: global average pooling (CxHxW -> Cx1x1)"),
-    "lrn": LayerKind(
-        _simple(Op.LRN, size=5, alpha=1e-4, beta=0.75, k=2.0, mode=("sum", ("sum", "avg"))),
-        ("size", "alpha", "beta", "k", "mode"), False,
-        "LRN: local response normalisation across channels, k + alpha*sum over the window as "
-        "published (mode=avg: alpha/size, PyTorch's convention); size 5, alpha 1e-4, beta 0.75, k 2",
-    ),
-    "bn": LayerKind(_simple(Op.BATCHNORM, eps=1e-5), ("eps",), False, "bn: batch normalisation"),
-    "relu": LayerKind(_simple(Op.RELU), (), False, "relu: an explicit ReLU"),
-    "dropout": LayerKind(_simple(Op.DROPOUT, p=0.5), ("p",), False, "dropout: dropout, p=0.5"),
-    "softmax": LayerKind(_simple(Op.SOFTMAX), (), False, "softmax (or soft-max): softmax over channels"),
-}
-
-
 def resolve_name(name: str) -> tuple[str, tuple[int, int] | None] | None:
     """``conv3`` -> ("conv", (3, 3)); ``conv1x7`` -> ("conv", (1, 7)); ``LRN`` -> ("lrn", None)."""
-    low = _ALIASES.get(name.lower(), name.lower())
-    if low in LAYERS:
-        return low, None
-    match = _NAME.match(low)
+    op = DSL_NAMES.get(name.lower())
+    if op is not None:
+        return TABLE[op].dsl.names[0], None
+    match = _NAME.match(name.lower())
     if not match or match["kh"] is None:
         return None
-    base = _ALIASES.get(match["base"], match["base"])
-    if base not in LAYERS or not LAYERS[base].kernel:
+    op = DSL_NAMES.get(match["base"])
+    if op is None or not TABLE[op].dsl.kernel:
         return None
+    base = TABLE[op].dsl.names[0]
     kh = int(match["kh"])
     kw = int(match["kw"]) if match["kw"] else kh
     return base, (kh, kw)
@@ -229,7 +127,7 @@ def resolve_name(name: str) -> tuple[str, tuple[int, int] | None] | None:
 
 def layer_names() -> list[str]:
     """Every layer name a spec may write (for did-you-mean)."""
-    return [*LAYERS, *_ALIASES, "identity"]
+    return [*DSL_NAMES, "identity"]
 
 
 def layer_op(layer: ast.Layer, env: dict[str, Value], limits) -> tuple[Op, dict[str, Any], str | None]:
@@ -241,11 +139,12 @@ def layer_op(layer: ast.Layer, env: dict[str, Value], limits) -> tuple[Op, dict[
         raise SpecError(f"unknown layer {layer.name!r}{did_you_mean(layer.name, layer_names())}; expected one "
                         f"of {', '.join(LAYERS)} or a block name", layer.span)
     base, kernel = resolved
-    kind = LAYERS[base]
+    op = LAYERS[base]
+    kind = TABLE[op].dsl
     written = Written(layer, env, limits)
     if kernel is not None and (min(kernel) < 1 or max(kernel) > limits.max_spatial):
         raise SpecError(f"window size {kernel[0]}x{kernel[1]} is out of range", layer.span)
     written.kernel = kernel
-    op, attrs, act = kind.build(written)
+    attrs, act = kind.build(written)
     written.finish(kind)
     return op, attrs, act

@@ -36,7 +36,8 @@ import networkx as nx
 
 from archdsl.errors import SpecError
 from archdsl.ir import ArchGraph, Op, Shape, verify
-from archdsl.passes.analysis import analyse, describe
+from archdsl.ops import describe
+from archdsl.passes.analysis import analyse
 from archdsl.passes.shapes import infer_shapes
 
 # Ops that commute with a spatial average (in eval mode), so a global pooling can move past them.

@@ -120,9 +120,9 @@ def launches(graph: ArchGraph, *, batch: int = 64, dtype: torch.dtype = torch.bf
     """
     from archdsl.codegen.triton import conv as conv_kernels
     from archdsl.codegen.triton import lrn as lrn_kernels
-    from archdsl.passes import lowering_pipeline
+    from archdsl.pipeline import lower_graph
 
-    graph = lowering_pipeline(graph, backend="triton")
+    graph = lower_graph(graph, backend="triton")
     out: list[Launch] = []
     for name in graph.order():
         data = graph.nodes[name]

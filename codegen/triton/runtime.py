@@ -2,11 +2,11 @@
 the forward of a fused conv node.
 
 Where the Triton kernels cannot run, the backend runs the same computation with PyTorch ops.
-That decision is made here and nowhere else, and it is announced once per process (a
-``RuntimeWarning`` from :func:`notice`), never silently:
+That decision is made in :mod:`archdsl.codegen.triton.support` and nowhere else, and it is
+announced once per process (a ``RuntimeWarning`` from its ``notice``), never silently:
 
-* at build time, :func:`resolve_backend` (called by ``ArchModule``) turns ``"triton"`` into
-  ``"torch"`` when no kernel could run in this process at all: triton is not installed, or
+* at build time, :func:`archdsl.backends.resolve` (called once by the pipeline) turns ``"triton"``
+  into ``"torch"`` when no kernel could run in this process at all: triton is not installed, or
   there is no CUDA device and Triton's CPU interpreter is off (``TRITON_INTERPRET=1``, read
   once at import, as the kernel modules do). The module is then built from PyTorch layers;
 * at run time, :func:`fused_conv` falls back for inputs the kernel does not take (a CPU
@@ -16,7 +16,7 @@ Importing this module does not import triton.
 
 The fused conv node
 -------------------
-A FUSED_CONV node (conv [-> BN] [-> ReLU], see :mod:`archdsl.passes.fold_bn`) lowers to two
+A FUSED_CONV node (conv [-> BN] [-> ReLU], see :mod:`archdsl.passes.fuse`) lowers to two
 attributes of the network module: the conv, a :class:`~archdsl.codegen.triton.conv.FusedConv2d`
 under the conv's node name, and the BN, an ``nn.BatchNorm2d`` under the name the BN node had.
 The state_dict of the fused network therefore has exactly the keys of the unfused one
@@ -46,82 +46,15 @@ what the fused node saves is the BN's and the ReLU's round trips through memory.
 
 from __future__ import annotations
 
-import functools
-import os
-import warnings
 import weakref
 
 import torch
 import torch.nn.functional as F
 
-__all__ = [
-    "available",
-    "fused_conv",
-    "kernel_can_run",
-    "notice",
-    "resolve_backend",
-    "unavailable_reason",
-]
+from archdsl.codegen.fold import fold_bn
+from archdsl.codegen.triton.support import kernel_can_run, notice
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-_noticed = False  # the fallback notice has been given in this process
-
-
-@functools.lru_cache(maxsize=None)
-def _triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:  # not installed, or an install that cannot load
-        return False
-    return True
-
-
-def unavailable_reason() -> str | None:
-    """Why no Triton kernel can run in this process, or None when they can."""
-    if not _triton_importable():
-        return "the triton package cannot be imported"
-    if not (torch.cuda.is_available() or _INTERPRET):
-        return "no CUDA device (and TRITON_INTERPRET=1 is not set)"
-    return None
-
-
-def available() -> bool:
-    """Whether the Triton kernels can run in this process (on a CUDA device, or on the CPU
-    under Triton's interpreter)."""
-    return unavailable_reason() is None
-
-
-def notice(reason: str) -> None:
-    """Say, once per process, that the triton backend is running PyTorch ops and why."""
-    global _noticed
-    if _noticed:
-        return
-    _noticed = True
-    warnings.warn(f"archdsl: backend 'triton' falls back to PyTorch ops: {reason}",
-                  RuntimeWarning, stacklevel=3)
-
-
-def resolve_backend(backend: str) -> str:
-    """The backend a module is built for: ``backend``, except ``"torch"`` for ``"triton"``
-    when no kernel can run here (with the notice)."""
-    if backend == "triton":
-        reason = unavailable_reason()
-        if reason is not None:
-            notice(reason)
-            return "torch"
-    return backend
-
-
-def kernel_can_run(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the conv kernel takes this input: a CUDA tensor (any CPU tensor under the
-    interpreter, which has no bfloat16) of a kernel dtype, matching the weight's."""
-    if x.dtype not in _KERNEL_DTYPES or x.dtype != weight.dtype:
-        return False
-    if _INTERPRET:
-        return x.dtype != torch.bfloat16 and x.device == weight.device
-    return x.is_cuda and weight.is_cuda
+__all__ = ["fused_conv"]
 
 
 def _why_not(x: torch.Tensor, weight: torch.Tensor) -> str:
@@ -173,10 +106,7 @@ def _cache_key(conv, bn, relu: bool) -> tuple:
 
 
 def _fold(conv, bn):
-    from archdsl.passes.fold_bn import fold_bn_params
-
-    return fold_bn_params(conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
-                          bn.running_var, bn.eps)
+    return fold_bn(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
 
 
 def _folded_conv(conv, bn, relu: bool):
