@@ -32,6 +32,7 @@ from archdsl.frontend.values import Value, as_int, describe, evaluate
 from archdsl.ir import ArchGraph, Op, Shape
 from archdsl.limits import Limits
 from archdsl.ops import ACTIVATIONS, BEFORE_ACTIVATION, TABLE, output_shape
+from archdsl.ops.merges import concat_mismatch, multiply_mismatch
 
 # a: identity, zero-padded; b: 1x1 projection + BN where the dimensions change; c: projections
 # everywhere; p: a 1x1 projection without BN where they change; preact: like p, the projection
@@ -371,8 +372,21 @@ class Builder:
             if act == "relu":
                 self.emit(Op.RELU, {}, merge.span, scope)
             return
-        op = Op.CONCAT if merge.kind == "concat" else Op.MULTIPLY
-        self.emit(op, {}, merge.span, scope, args=tuple(outputs))
+        shapes = [self.shape(o) for o in outputs]
+        if merge.kind == "concat":
+            wrong = concat_mismatch(shapes)
+            if wrong is not None:  # at the branch that disagrees
+                raise SpecError(f"concat cannot join branch {wrong[0] + 1} to branch 1: {wrong[1]}",
+                                merge.branches[wrong[0]][0].span).with_note("in this concat", merge.span)
+            self.emit(Op.CONCAT, {"inputs": len(outputs)}, merge.span, scope, args=tuple(outputs))
+            return
+        if len(outputs) != 2:
+            raise SpecError(f"multiply takes two branches (a map, then its gate), found {len(outputs)}", merge.span)
+        wrong = multiply_mismatch(shapes)
+        if wrong is not None:
+            raise SpecError(f"multiply: {wrong}", merge.branches[1][0].span).with_note("in this multiply",
+                                                                                       merge.span)
+        self.emit(Op.MULTIPLY, {}, merge.span, scope, args=tuple(outputs))
 
     def unknown(self, name: str, span: Span, scope: _Scope) -> SpecError:
         """The error for a name that is no layer, block or value here."""
