@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from archdsl.errors import Span, SpecError
@@ -11,7 +12,8 @@ from archdsl.frontend import ast
 from archdsl.frontend.parser import parse
 from archdsl.limits import Limits
 
-SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
+# The bundled specs: package data of archdsl.specs (the repository's specs/ folder).
+SPECS_DIR = Path(str(resources.files("archdsl.specs")))
 
 
 @dataclass

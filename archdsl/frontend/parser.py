@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
-from pathlib import Path
+from importlib import resources
 
 import lark
 from lark import Token, v_args
@@ -16,7 +16,8 @@ from archdsl.frontend.suggest import did_you_mean
 from archdsl.ir import Shape
 from archdsl.limits import DEFAULT, Limits
 
-GRAMMAR = Path(__file__).resolve().parent.parent / "grammars" / "archdsl.lark"
+# Package data of archdsl.grammars (the repository's grammars/ folder).
+GRAMMAR = resources.files("archdsl.grammars") / "archdsl.lark"
 
 # What a user should read for each terminal the parser may expect.
 _TERMINAL_WORDS = {
@@ -50,7 +51,7 @@ def _keep_comment(token: Token) -> Token:
 @functools.lru_cache(maxsize=None)
 def _parser() -> lark.Lark:
     return lark.Lark(
-        GRAMMAR.read_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True,
+        GRAMMAR.read_text(encoding="utf-8"), parser="lalr", propagate_positions=True, maybe_placeholders=True,
         lexer_callbacks={"COMMENT": _keep_comment},
     )
 

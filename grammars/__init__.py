@@ -1,0 +1,1 @@
+"""The grammar of the spec language, package data of archdsl (read with importlib.resources)."""

@@ -1,0 +1,1 @@
+"""The bundled specs (``archdsl list``), package data of archdsl (read with importlib.resources)."""
