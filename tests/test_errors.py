@@ -241,3 +241,55 @@ def test_a_residual_that_pools_globally_is_an_error_at_the_residual():
     assert (err.line, err.column) == (2, 3)
     assert "reduces its 16x32x32 input to 16x1x1 by global average pooling (line 3)" in err.message
     assert "which no shortcut can follow" in err.message
+
+
+# -- graph errors: each at file:line:col with a caret, expected vs found, exit 2 on the CLI --------
+GRAPH_ERRORS = [
+    # mismatched concat heights: at the branch that disagrees
+    ("net g : 8x16x16 {\n  concat {\n    conv3-8\n  | conv3-8/2\n  }\n}",
+     (4, 5), "conv3-8/2", "concat cannot join branch 2 to branch 1: expected a 16x16 map as the first branch "
+                          "gives, found 8x8 (8x8x8)"),
+    # a gate of the wrong width
+    ("net g : 8x16x16 {\n  multiply { identity | gap; conv1-4 act=none; sigmoid }\n}",
+     (2, 25), "gap", "expected a gate of 8x1x1 (or a 8x16x16 map) to multiply the 8x16x16 map by, found 4x1x1"),
+    # an unknown name
+    ("net g : 8x16x16 {\n  x = conv3-8\n  add { identity | y }\n}",
+     (3, 20), "y", "unknown layer 'y': expected a layer, a block or a named value (values here: x)"),
+    # a name used before it is defined
+    ("net g : 8x16x16 {\n  conv3-8; add { identity | x }\n  x = conv3-8\n}",
+     (2, 29), "x", "name 'x' is used before it is defined (at line 3): expected a name defined above"),
+    # a name defined twice
+    ("net g : 8x16x16 {\n  x = conv3-8\n  x = conv3-8\n}",
+     (3, 3), "x", "name 'x' is defined twice: expected a new name (it is defined at line 2)"),
+    # a list index out of range
+    ("net g(depths=[1, 2]) : 8x16x16 {\n  conv3-8 x{depths[2]}\n}",
+     (2, 20), "2", "list index 2 is out of range: expected 0 to 1 (the list has 2 items; -1 is the last)"),
+]
+
+
+@pytest.mark.parametrize("text, where, under, message", GRAPH_ERRORS, ids=[
+    "concat-heights", "gate-width", "unknown-name", "used-before-defined", "defined-twice", "index-range"])
+def test_graph_errors_point_at_the_line(text, where, under, message, tmp_path, capsys):
+    err = error(text)
+    assert (err.line, err.column) == where
+    assert message in err.message
+    assert caret_under(err, under)
+    from archdsl.cli import main
+
+    spec = tmp_path / "g.arch"
+    spec.write_text(text + "\n")
+    assert main(["check", str(spec)]) == 2
+    out = capsys.readouterr().err
+    assert f"g.arch:{where[0]}:{where[1]}: error: " in out and "Traceback" not in out
+
+
+def test_merge_errors():
+    assert "concat has no option 'act'" in error("net g : 8x8x8 { concat act=none { conv3-2 | conv3-2 } }").message
+    assert "multiply takes two branches" in error(
+        "net g : 8x8x8 { multiply { identity | sigmoid | relu } }").message
+    assert "takes the same value from two branches" in error(
+        "net g : 8x8x8 { conv3-8; concat { identity | identity } }").message
+    assert "is already a layer" in error("net g : 8x8x8 { relu = conv3-8 }").message
+    assert "never used" in error("net g : 8x8x8 { x = conv3-8; conv3-4; x }").message
+    err = error("net g : 8x8x8 { concta { conv3-2 | conv3-2 } }")
+    assert "unknown layer 'concta' (did you mean 'concat'?)" in err.message
