@@ -251,7 +251,7 @@ GRAPH_ERRORS = [
                           "gives, found 8x8 (8x8x8)"),
     # a gate of the wrong width
     ("net g : 8x16x16 {\n  multiply { identity | gap; conv1-4 act=none; sigmoid }\n}",
-     (2, 25), "gap", "expected a gate of 8x1x1 (or a 8x16x16 map) to multiply the 8x16x16 map by, found 4x1x1"),
+     (2, 25), "gap", "expected a gate of 8x1x1 (or a multiplier of shape 8x16x16) for the 8x16x16 map, found 4x1x1"),
     # an unknown name
     ("net g : 8x16x16 {\n  x = conv3-8\n  add { identity | y }\n}",
      (3, 20), "y", "unknown layer 'y': expected a layer, a block or a named value (values here: x)"),

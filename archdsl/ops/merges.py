@@ -58,7 +58,7 @@ def multiply_mismatch(inputs: list[Shape]) -> str | None:
     x, gate = inputs
     if gate == x or (x.is_map and gate.dims == (x.c, 1, 1)):
         return None
-    return (f"expected a gate of {x.c}x1x1 (or a {x} map) to multiply the {x} map by, found {gate}"
+    return (f"expected a gate of {x.c}x1x1 (or a multiplier of shape {x}) for the {x} map, found {gate}"
             if x.is_map else f"expected a multiplier of the same shape as {x}, found {gate}")
 
 

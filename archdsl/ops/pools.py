@@ -20,16 +20,19 @@ def _window_shape(what: str):
         (kh, kw), (ph, pw) = attrs["kernel"], attrs["padding"]
         if 2 * ph > kh or 2 * pw > kw:
             raise ShapeError(f"{what} padding {ph} is more than half of its {kh}x{kw} window")
-        h, w = spatial(what, x, attrs["kernel"], attrs["stride"], attrs["padding"])
-        if attrs.get("ceil_mode"):
-            h, w = _ceil(x.h, kh, attrs["stride"][0], ph), _ceil(x.w, kw, attrs["stride"][1], pw)
+        if not attrs.get("ceil_mode"):
+            return Shape.of(x.c, *spatial(what, x, attrs["kernel"], attrs["stride"], attrs["padding"]))
+        h, w = _ceil(x.h, kh, attrs["stride"][0], ph), _ceil(x.w, kw, attrs["stride"][1], pw)
+        if h < 1 or w < 1:
+            raise ShapeError(f"{what} {kh}x{kw}/{attrs['stride'][0]} (ceil) leaves nothing of the "
+                             f"{x.h}x{x.w} map of its {x} input")
         return Shape.of(x.c, h, w)
     return shape
 
 
 def _ceil(size: int, kernel: int, stride: int, pad: int) -> int:
     """PyTorch's ceil-mode output size: rounded up, but no window may start in the right padding."""
-    out = -(-(size + 2 * pad - kernel) // stride) + 1
+    out = (size + 2 * pad - kernel + stride - 1) // stride + 1
     return out - 1 if (out - 1) * stride >= size + pad else out
 
 
