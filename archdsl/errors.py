@@ -91,3 +91,14 @@ class SpecError(Exception):
 
     def __str__(self) -> str:
         return self._render()
+
+
+class SpecWarning(UserWarning):
+    """Something in a spec that works but is probably not what was meant (``str()`` reads like a
+    :class:`SpecError`, with ``warning:`` in place of ``error:``)."""
+
+    def __init__(self, message: str, span: Span | None = None):
+        self.message, self.span = message, span
+        text = f"{span}: warning: {message}" if span else f"warning: {message}"
+        excerpt = span.excerpt() if span else ""
+        super().__init__(f"{text}\n{excerpt}" if excerpt else text)

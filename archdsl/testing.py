@@ -221,6 +221,8 @@ class _Model:
         if not strides or (kind == "a" and out[0] < shape[0]):
             return None
         branch = _branch_stride(res.body)
+        if branch is None:  # the branch pools globally or flattens: no shortcut follows it
+            return None
         self.strides.append((branch if branch in strides else None, kind))
         return out
 

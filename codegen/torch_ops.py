@@ -60,6 +60,14 @@ def add(_, p, q):
     return p + q
 
 
+def concat(_, *xs):
+    return torch.cat(xs, 1)
+
+
+def multiply(_, x, y):
+    return x * y
+
+
 def pad_shortcut(stride: int, extra: int, _, x):
     return F.pad(x[:, :, ::stride, ::stride], (0, 0, 0, 0, 0, extra))
 
@@ -77,7 +85,7 @@ def triton_fused_conv(relu: bool, conv, x, residual=None, bn=None):
     return fused_conv(x, conv, bn, relu=relu, residual=residual)
 
 
-_FORWARD = {f.__name__: f for f in (call_layer, flatten_call_layer, relu, softmax, add, pad_shortcut,
+_FORWARD = {f.__name__: f for f in (call_layer, flatten_call_layer, relu, softmax, add, concat, multiply, pad_shortcut,
                                      conv_bn_relu, triton_fused_conv)}
 
 

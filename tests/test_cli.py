@@ -79,7 +79,7 @@ def test_unknown_set_name_and_bad_value(capsys):
     assert main(["check", "cifar_resnet", "--set", "depth=3"]) == 2
     assert "has no parameter 'depth'" in capsys.readouterr().err
     assert main(["check", "resnet18", "--set", "shortcut=D"]) == 2
-    assert "expected shortcut to be one of A, B, C, none, identity, found 'D'" in capsys.readouterr().err
+    assert "expected shortcut to be one of A, B, C, P, preact, none, identity, found 'D'" in capsys.readouterr().err
 
 
 def test_missing_spec_file(capsys):

@@ -136,3 +136,160 @@ def test_two_statements_on_a_line_without_a_separator():
 def test_bad_input_argument(value):
     with pytest.raises(SpecError, match="input: expected"):
         archdsl.loads("net a { conv3-4 }", input=value)
+
+
+# -- parse errors a new user meets (each message: file:line:col, the line, a caret) --------------
+def caret_under(err, text):
+    """The caret line of the rendered error sits under ``text`` in the quoted line."""
+    lines = str(err).splitlines()
+    quoted, carets = lines[1], lines[2]
+    return quoted[carets.index("^"):].startswith(text)
+
+
+def test_an_option_given_twice_is_refused_at_the_second():
+    err = error("net a : 3x8x8 {\n  conv3-16 pad=1 pad=2\n}")
+    assert (err.line, err.column) == (2, 18)
+    assert "option 'pad' given twice" in err.message and "expected each option once" in err.message
+    assert caret_under(err, "pad=2")
+    assert "given twice" in error("net a : 3x8x8 { residual act=none act=relu { conv3-3 } }").message
+    assert "named twice" in error("net a(c=1, c=2) : 3x8x8 { conv3-3 }").message
+
+
+@pytest.mark.parametrize("value, found", [(2.5, "found 1.5 (not an integer)"), ("2.5", "found 1.5 (not an integer)")])
+def test_a_fractional_repeat_count_is_not_an_integer(value, found):
+    from archdsl.frontend.values import parse_cli_value
+
+    err = error("net a(n=3) : 3x8x8 {\n  conv3-4 x{n-1}\n}", n=parse_cli_value(str(value)))
+    assert err.line == 2 and found in err.message and "expected an integer for a repeat count" in err.message
+
+
+def test_an_integral_float_counts_as_an_integer():
+    # --set n=18.0 is 18 (a width multiplier gives 24.0 for 32*0.75 the same way)
+    assert archdsl.loads("net a(n=3) : 3x8x8 { conv3-4 x{n-1} }", n=18.0).params == \
+        archdsl.loads("net a(n=3) : 3x8x8 { conv3-4 x{n-1} }", n=18).params
+
+
+def test_a_misspelt_residual_is_an_unknown_layer_at_its_name():
+    err = error("net a : 3x8x8 {\n  resdiual {\n    conv3-8\n  }\n}")
+    assert (err.line, err.column) == (2, 3)
+    assert "unknown layer 'resdiual' (did you mean 'residual'?)" in err.message
+    assert caret_under(err, "resdiual")
+
+
+@pytest.mark.parametrize("text, suggestion", [
+    ("conv3-8; bachnorm", "did you mean 'batchnorm'?"),
+    ("conv3-8; maxpol", "did you mean 'maxpool'?"),
+    ("conv3-8; sofmax", "did you mean 'softmax'?"),
+])
+def test_unknown_layers_suggest_the_closest_name(text, suggestion):
+    err = error(f"net a : 3x8x8 {{\n  {text}\n}}")
+    assert err.line == 2 and "unknown layer" in err.message and suggestion in err.message
+
+
+def test_an_unclosed_brace_is_reported_where_it_opened():
+    err = error("net a : 3x8x8 {\n  residual {\n    conv3-8\n\n  conv3-8\n}\n")
+    assert (err.line, err.column) == (2, 12)
+    assert err.message == "expected '}' to close this '{', found the end of the file"
+    err = error("net a : 3x8x8 {\n  conv3-8\n")  # the only brace open: at the net's
+    assert (err.line, err.column) == (1, 15) and "to close this '{'" in err.message
+    err = error("net a(c=[1, 2) : 3x8x8 { conv3-8 }")
+    assert err.column == 14 and "']'" in err.message and "found ')'" in err.message
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    spec = tmp_path / "bom.arch"
+    spec.write_bytes("\ufeffnet a : 3x8x8 { conv3-8 }\n".encode("utf-8"))
+    assert archdsl.load(spec).params == 8 * 27 + 8
+    err = error("\ufeffnet a : 3x8x8 { conv3-0 }")
+    assert err.column == 23  # columns count from after the mark, as editors show them
+
+
+def test_an_unknown_block_suggests_the_bundled_library_that_defines_it():
+    err = error("net a : 3x8x8 {\n  bottleneck(16)\n}")
+    assert err.line == 2 and "unknown block 'bottleneck'" in err.message
+    assert 'add import "lib/resnet.arch"' in err.message
+    err = error("net a : 3x8x8 {\n  imagenet_stem\n}")
+    assert 'add import "lib/resnet.arch"' in err.message
+
+
+def test_parse_errors_exit_2_on_the_command_line(tmp_path, capsys):
+    from archdsl.cli import main
+
+    spec = tmp_path / "dup.arch"
+    spec.write_text("net a : 3x8x8 {\n  conv3-16 pad=1 pad=2\n}\n")
+    assert main(["check", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "dup.arch:2:18: error: option 'pad' given twice" in err and "Traceback" not in err
+
+
+def test_an_fc_resized_by_another_input_is_a_warning_naming_both_sizes():
+    text = "net v : 3x32x32 {\n  conv3-8; maxpool\n  fc-10\n}"
+    with pytest.warns(archdsl.errors.SpecWarning) as record:
+        archdsl.loads(text, file="v.arch", input="3x64x64")
+    message = str(record[0].message)
+    assert message.startswith("v.arch:3:3: warning: fc-10 receives 8192 features (8x32x32) at input 3x64x64, "
+                              "but 2048 (8x16x16) at the spec's declared input 3x32x32")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        archdsl.loads(text, input="3x32x32")  # the declared size: no warning
+        archdsl.loads("net v : 3x32x32 { conv3-8; gap; fc-10 }", input="3x64x64")  # pooled: same size
+
+
+def test_a_residual_that_pools_globally_is_an_error_at_the_residual():
+    err = error("net r : 16x32x32 {\n  residual {\n    conv3-16; gap\n  }\n}")
+    assert (err.line, err.column) == (2, 3)
+    assert "reduces its 16x32x32 input to 16x1x1 by global average pooling (line 3)" in err.message
+    assert "which no shortcut can follow" in err.message
+
+
+# -- graph errors: each at file:line:col with a caret, expected vs found, exit 2 on the CLI --------
+GRAPH_ERRORS = [
+    # mismatched concat heights: at the branch that disagrees
+    ("net g : 8x16x16 {\n  concat {\n    conv3-8\n  | conv3-8/2\n  }\n}",
+     (4, 5), "conv3-8/2", "concat cannot join branch 2 to branch 1: expected a 16x16 map as the first branch "
+                          "gives, found 8x8 (8x8x8)"),
+    # a gate of the wrong width
+    ("net g : 8x16x16 {\n  multiply { identity | gap; conv1-4 act=none; sigmoid }\n}",
+     (2, 25), "gap", "expected a gate of 8x1x1 (or a multiplier of shape 8x16x16) for the 8x16x16 map, found 4x1x1"),
+    # an unknown name
+    ("net g : 8x16x16 {\n  x = conv3-8\n  add { identity | y }\n}",
+     (3, 20), "y", "unknown layer 'y': expected a layer, a block or a named value (values here: x)"),
+    # a name used before it is defined
+    ("net g : 8x16x16 {\n  conv3-8; add { identity | x }\n  x = conv3-8\n}",
+     (2, 29), "x", "name 'x' is used before it is defined (at line 3): expected a name defined above"),
+    # a name defined twice
+    ("net g : 8x16x16 {\n  x = conv3-8\n  x = conv3-8\n}",
+     (3, 3), "x", "name 'x' is defined twice: expected a new name (it is defined at line 2)"),
+    # a list index out of range
+    ("net g(depths=[1, 2]) : 8x16x16 {\n  conv3-8 x{depths[2]}\n}",
+     (2, 20), "2", "list index 2 is out of range: expected 0 to 1 (the list has 2 items; -1 is the last)"),
+]
+
+
+@pytest.mark.parametrize("text, where, under, message", GRAPH_ERRORS, ids=[
+    "concat-heights", "gate-width", "unknown-name", "used-before-defined", "defined-twice", "index-range"])
+def test_graph_errors_point_at_the_line(text, where, under, message, tmp_path, capsys):
+    err = error(text)
+    assert (err.line, err.column) == where
+    assert message in err.message
+    assert caret_under(err, under)
+    from archdsl.cli import main
+
+    spec = tmp_path / "g.arch"
+    spec.write_text(text + "\n")
+    assert main(["check", str(spec)]) == 2
+    out = capsys.readouterr().err
+    assert f"g.arch:{where[0]}:{where[1]}: error: " in out and "Traceback" not in out
+
+
+def test_merge_errors():
+    assert "concat has no option 'act'" in error("net g : 8x8x8 { concat act=none { conv3-2 | conv3-2 } }").message
+    assert "multiply takes two branches" in error(
+        "net g : 8x8x8 { multiply { identity | sigmoid | relu } }").message
+    assert "takes the same value from two branches" in error(
+        "net g : 8x8x8 { conv3-8; concat { identity | identity } }").message
+    assert "is already a layer" in error("net g : 8x8x8 { relu = conv3-8 }").message
+    assert "never used" in error("net g : 8x8x8 { x = conv3-8; conv3-4; x }").message
+    err = error("net g : 8x8x8 { concta { conv3-2 | conv3-2 } }")
+    assert "unknown layer 'concta' (did you mean 'concat'?)" in err.message

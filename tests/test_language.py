@@ -209,3 +209,141 @@ def test_argument_lists_may_break_across_lines():
     one_line = "block b(c, k=3) { conv-{c} k={k} }\nnet n(c=4, classes=10) : 3x8x8 { b({c}, k=1); fc-{classes} }\n"
     a, b = archdsl.loads(text), archdsl.loads(one_line)
     assert [(n, d["op"], d["attrs"]) for n, d in a.ops()] == [(n, d["op"], d["attrs"]) for n, d in b.ops()]
+
+
+# -- graphs: names, merges, groups, loop indices, lists, conditionals ----------------------------
+def shapes(graph):
+    return {n: str(d["meta"]["shape"]) for n, d in graph.ops()}
+
+
+def test_a_named_value_is_used_later():
+    g = archdsl.loads("net a : 3x8x8 { x = conv3-4; conv3-4 act=none; add { identity | x } }")
+    assert chain("net a : 3x8x8 { x = conv3-4; conv3-4 act=none; add { identity | x } }")[1:] == \
+        ["conv", "relu", "conv", "add", "relu"]
+    # the name stands for the conv's output after its ReLU
+    assert g.nodes["add1"]["args"] == ("conv2", "relu1")
+
+
+def test_add_branches_end_raw_and_the_relu_follows_the_addition():
+    text = "net a : 4x8x8 { add { conv3-4; bn | conv1-4; bn } }"
+    assert chain(text)[1:] == ["conv", "bn", "conv", "bn", "add", "relu"]
+    assert chain(text.replace("add {", "add act=none {"))[1:] == ["conv", "bn", "conv", "bn", "add"]
+
+
+def test_a_group_repeats_its_statements_together():
+    assert chain("net a : 3x8x8 { { conv3-4; bn } x2; fc-2 }")[1:] == \
+        ["conv", "bn", "relu", "conv", "bn", "relu", "linear"]
+    assert chain("net a : 3x8x8 { { conv3-4; bn } x0; fc-2 }")[1:] == ["linear"]
+
+
+def test_the_loop_index_numbers_the_copies():
+    g = archdsl.loads("net a(base=4) : 3x8x8 { conv3-{base*(i+1)} x3 for i; { conv1-{8-i} } x2 for i }")
+    widths = [d["attrs"]["out_channels"] for _, d in g.ops() if d["op"] is Op.CONV]
+    assert widths == [4, 8, 12, 8, 7]
+
+
+def test_lists_and_indexing():
+    text = "net a(depths=[1, 2, 0], widths=[4, 8, 16]) : 3x8x8 { conv3-{widths[0]} x{depths[0]}; " \
+           "conv3-{widths[1]} x{depths[1]}; conv3-{widths[-1]} x{depths[2]}; fc-{len(widths)} }"
+    g = archdsl.loads(text)
+    assert [d["attrs"]["out_channels"] for _, d in g.ops() if d["op"] is Op.CONV] == [4, 8, 8]
+    assert str(g.output_shape) == "3"
+    g = archdsl.loads(text, depths=(0, 0, 1))  # a list from --set depths=[0,0,1]
+    assert [d["attrs"]["out_channels"] for _, d in g.ops() if d["op"] is Op.CONV] == [16]
+
+
+def test_the_input_width_of_a_layer():
+    g = archdsl.loads("net a : 3x8x8 { conv3-32; conv3-{in} groups={in}; conv1-{2*in} }")
+    convs = [d["attrs"] for _, d in g.ops() if d["op"] is Op.CONV]
+    assert [(c["out_channels"], c["groups"]) for c in convs] == [(32, 1), (32, 32), (64, 1)]
+
+
+@pytest.mark.parametrize("v15, strides", [(False, [2, 1]), (True, [1, 2])])
+def test_a_conditional_value(v15, strides):
+    text = "net a(v15=false) : 8x8x8 { conv1-8/{1 if v15 else 2}; conv3-8/{2 if v15 == true else 1} }"
+    g = archdsl.loads(text, v15=v15)
+    assert [d["attrs"]["stride"][0] for _, d in g.ops() if d["op"] is Op.CONV] == strides
+
+
+@pytest.mark.parametrize("alpha, width", [(1.0, 32), (0.75, 24), (0.5, 16), (0.35, 16), (0.25, 8)])
+def test_fractional_width_multipliers_round_by_make_divisible(alpha, width):
+    # MobileNet's make_divisible: the nearest multiple of 8 (halves up), at least 8, and never
+    # more than 10 % below the exact width: 32*0.35 = 11.2 -> 8 is 29 % below, so 16.
+    g = archdsl.loads("net m(alpha=1.0) : 3x8x8 { conv3-{divisible(32*alpha, 8)} }", alpha=alpha)
+    assert g.nodes["conv1"]["attrs"]["out_channels"] == width
+
+
+def test_divisible_is_torchvisions_make_divisible():
+    from archdsl.frontend.values import divisible
+
+    def make_divisible(v, divisor, min_value=None):  # torchvision.models._utils._make_divisible
+        if min_value is None:
+            min_value = divisor
+        new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+        if new_v < 0.9 * v:
+            new_v += divisor
+        return new_v
+
+    for v in [0.5, 3, 7.9, 11.2, 12, 20, 23.99, 24, 27.99, 28, 100.4, 1000.7]:
+        for d in (4, 8, 16):
+            assert divisible(v, d) == make_divisible(v, d)
+
+
+def test_an_integral_width_from_a_multiplier_is_an_integer():
+    g = archdsl.loads("net m(alpha=0.75) : 3x8x8 { conv3-{32*alpha} }")
+    assert g.nodes["conv1"]["attrs"]["out_channels"] == 24
+
+
+def test_pre_activation_and_projection_without_bn_shortcuts():
+    unit = "residual shortcut={kind} act=none {{ bn; relu; conv3-16/2 bias=false; bn; relu; conv3-16 bias=false act=none }}"
+    p = archdsl.loads("net r : 8x8x8 { " + unit.format(kind="P") + " }")
+    pre = archdsl.loads("net r : 8x8x8 { " + unit.format(kind="preact") + " }")
+    b = archdsl.loads("net r : 8x8x8 { " + unit.format(kind="B") + " }")
+    assert p.params == pre.params == b.params - 2 * 16  # the projection's BN is gone
+    assert p.nodes["proj1"]["args"] == ("input",)
+    assert pre.nodes["proj1"]["args"] == ("relu1",)  # reads the shared BN and ReLU
+    assert [o.value for o in ops(pre)][-1] == "add"  # act=none: nothing after the addition
+
+
+def test_residual_act_none_leaves_the_sum_raw():
+    text = "net r : 8x8x8 { residual act=none { conv3-8; bn } }"
+    assert chain(text)[1:] == ["conv", "bn", "add"]
+
+
+def test_names_are_lexical():
+    # a name defined in a branch is not visible after the merge; each copy of a group has its own
+    text = "net a : 4x8x8 { { y = conv3-4; conv3-4 act=none; add { identity | y } } x2 }"
+    assert chain(text).count("add") == 2
+
+
+def test_the_printer_round_trips_the_graph_syntax():
+    from archdsl.frontend.parser import parse
+    from archdsl.frontend.printer import format_text
+
+    text = """# an Inception-like module
+net a(depths=[1, 2], v15=false) : 3x8x8 {  # head
+    x = conv3-4; bn
+    concat {
+        conv1-4  # column 1
+        # column 2
+      | conv1-2; conv3-4 x2 for i
+      | maxpool3/1 pad=1
+        conv1-{depths[1]}
+    }
+    concat { identity | bn; conv3-{2 if v15 else 1} act=none } x{depths[-1]}
+    {
+        conv3-4
+        bn
+    } x2
+    y = { conv3-{divisible(3*2, 8)}; bn } x2 for i
+    conv3-{[1, 2][0]+-a[1][2]}
+    fc-{1 if a == "x" else 2 if b else 3}
+}
+"""
+    assert format_text(text) == text
+    messy = text.replace("\n      | ", "\n| ").replace("    x = conv3-4; bn", "x=conv3-4;bn")
+    assert format_text(messy) == text
+    assert parse(messy).nets == parse(text).nets
+    assert [c.text for c in parse(format_text(messy)).comments] == [c.text for c in parse(text).comments]
+    with pytest.raises(archdsl.SpecError, match="unknown layer 'z'"):
+        archdsl.loads("net a : 4x8x8 { add { z = conv3-4 | conv3-4 }; z }")

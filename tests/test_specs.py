@@ -26,6 +26,13 @@ PARAMS = {
     "resnet152": 60_192_808,
     "cifar_resnet": 269_722,
     "cifar_plain": 269_722,
+    # Pre-activation CIFAR ResNets (He et al. 2016, "Identity Mappings"): "1.7M" each in the
+    # paper; the exact counts follow from its description (test_preact_cifar_resnets_by_hand).
+    "preact_resnet110": 1_727_962,
+    "preact_resnet164": 1_703_258,
+    # torchvision's layouts (googlenet without its auxiliary classifiers, densenet121)
+    "googlenet": 6_624_904,
+    "densenet121": 7_978_856,
 }
 
 # Multiply-adds as the papers quote them (ResNet Table 1; VGG-19 in the ResNet paper, and
@@ -132,3 +139,100 @@ def test_emitted_source_is_the_same_module(name):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(emitted(x), module(x), rtol=0, atol=0)
+
+
+def _bn(c):
+    return 2 * c  # scale and shift
+
+
+def test_preact_cifar_resnets_by_hand():
+    """The counts pinned above, derived from the paper's description (He et al. 2016,
+    "Identity Mappings", section 4 and appendix): convs without bias (BN follows or precedes
+    each), a BN before every conv of a unit, a final BN before the pooling, fc-10 with bias.
+
+    ResNet-110: 18 basic units [3x3, c; 3x3, c] per stage, c = 16, 32, 64, shortcuts as the
+    original CIFAR nets (option A, no parameters). Each unit has two BNs; the first unit's
+    first BN sits on conv1's output, so the BNs match the original net's one-per-conv, and the
+    count equals the original ResNet-110's 1,727,962 (REFERENCE.md).
+
+    ResNet-164: 18 bottleneck units [1x1, c; 3x3, c; 1x1, 4c] per stage, c = 16, 32, 64;
+    where the dimensions grow (the first unit of each stage: 16->64, 64->128, 128->256) a 1x1
+    projection without BN, sharing the unit's leading BN-ReLU ("when reducing the feature map
+    size we use projection shortcuts ... with pre-activation").
+    """
+    def basic(cin, c):
+        return _bn(cin) + cin * c * 9 + _bn(c) + c * c * 9
+
+    stages = [(16, 16), (16, 32), (32, 64)]
+    body = sum(basic(cin, c) + 17 * basic(c, c) for cin, c in stages)
+    resnet110 = 3 * 16 * 9 + body + _bn(64) + 64 * 10 + 10
+    assert resnet110 == 1_727_962 == PARAMS["preact_resnet110"]
+
+    def bottleneck(cin, c, project):
+        convs = _bn(cin) + cin * c + _bn(c) + c * c * 9 + _bn(c) + c * 4 * c
+        return convs + (cin * 4 * c if project else 0)
+
+    stages = [(16, 16), (64, 32), (128, 64)]
+    body = sum(bottleneck(cin, c, True) + 17 * bottleneck(4 * c, c, False) for cin, c in stages)
+    resnet164 = 3 * 16 * 9 + body + _bn(256) + 256 * 10 + 10
+    assert resnet164 == 1_703_258 == PARAMS["preact_resnet164"]
+    # 164 = 9n + 2 weighted layers for n = 18, plus the three projections
+    weighted = [d for _, d in archdsl.load("preact_resnet164").ops()
+                if d["op"] in (archdsl.Op.CONV, archdsl.Op.LINEAR)]
+    assert len(weighted) == 9 * 18 + 2 + 3
+
+
+def test_preact_units_end_at_the_addition():
+    g = archdsl.load("preact_resnet110")
+    adds = [n for n, d in g.ops() if d["op"] is archdsl.Op.ADD]
+    assert len(adds) == 3 * 18
+    for add in adds[:-1]:  # the next unit's BN reads the raw sum (no ReLU after the addition)
+        assert all(g.nodes[u]["op"] is not archdsl.Op.RELU for u in g.users(add))
+
+
+# GoogLeNet's Inception modules (Table 1): #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj.
+INCEPTIONS = [
+    (64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64),  # 3a, 3b
+    (192, 96, 208, 16, 48, 64), (160, 112, 224, 24, 64, 64), (128, 128, 256, 24, 64, 64),
+    (112, 144, 288, 32, 64, 64), (256, 160, 320, 32, 128, 128),  # 4a-4e
+    (256, 160, 320, 32, 128, 128), (384, 192, 384, 48, 128, 128),  # 5a, 5b
+]
+
+
+def test_googlenet_columns_concatenate_to_table1s_widths():
+    g = archdsl.load("googlenet")
+    concats = [g.shape(n) for n, d in g.ops() if d["op"] is archdsl.Op.CONCAT]
+    widths = [c1 + c3 + c5 + pp for c1, _, c3, _, c5, pp in INCEPTIONS]
+    assert [s.c for s in concats] == widths == [256, 480, 512, 512, 512, 528, 832, 832, 1024]
+    assert [(s.h, s.w) for s in concats] == [(28, 28)] * 2 + [(14, 14)] * 5 + [(7, 7)] * 2
+
+
+def test_googlenet_paper_layout():
+    """The paper's layout differs from torchvision's in three ways, each counted here: every
+    conv has a bias (c) instead of a BN (2c), the "5x5" columns have 5x5 kernels (16 more
+    weights per pair of channels than 3x3), and LRN (no parameters)."""
+    torchvision, paper = archdsl.load("googlenet"), archdsl.load("googlenet", layout="paper")
+    bn_channels = 64 + 64 + 192 + sum(sum(cfg) for cfg in INCEPTIONS)
+    wider = sum(c5r * c5 * (25 - 9) for _, _, _, c5r, c5, _ in INCEPTIONS)
+    assert paper.params - torchvision.params == wider - bn_channels
+    assert paper.params == 6_998_552
+    ops = [d["op"] for _, d in paper.ops()]
+    assert ops.count(archdsl.Op.LRN) == 2 and archdsl.Op.BATCHNORM not in ops
+
+
+@pytest.mark.parametrize("blocks, params", [
+    ((6, 12, 32, 32), 14_149_480),  # torchvision's densenet169
+    ((6, 12, 48, 32), 20_013_928),  # densenet201
+])
+def test_densenet_depths_are_one_list(blocks, params):
+    assert archdsl.load("densenet121", blocks=blocks).params == params
+
+
+def test_densenet121_widths_grow_by_k_per_layer():
+    g = archdsl.load("densenet121")
+    concats = [g.shape(n).c for n, d in g.ops() if d["op"] is archdsl.Op.CONCAT]
+    assert len(concats) == 6 + 12 + 24 + 16
+    # 64 + 32 i in block 1; transitions halve: 256 -> 128, 512 -> 256, 1024 -> 512
+    assert concats[:6] == [64 + 32 * i for i in range(1, 7)]
+    assert concats[6] == 128 + 32 and concats[-1] == 512 + 16 * 32 == 1024
+    assert str(g.output_shape) == "1000" and g.shape("gap1").dims == (1024, 1, 1)

@@ -56,6 +56,50 @@ class Neg:
 
 
 @dataclass(frozen=True)
+class ListOf:
+    """``[3, 4, 6, 3]``: a list value (its items values, or expressions inside braces)."""
+
+    items: tuple["Expr", ...]
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Index:
+    """``depths[2]``: an item of a list (counted from 0; negative counts from the end)."""
+
+    target: "Expr"
+    index: "Expr"
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Compare:
+    op: str  # one of == != < <= > >=
+    left: "Expr"
+    right: "Expr"
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Cond:
+    """``2 if first else 1``."""
+
+    then: "Expr"
+    test: "Expr"
+    other: "Expr"
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Func:
+    """``divisible(32*alpha, 8)``: one of the functions of :data:`archdsl.frontend.values.FUNCTIONS`."""
+
+    name: str
+    args: tuple["Expr", ...]
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
 class Braced:
     """``{expr}``: kept as a node so that the canonical printer can write the braces back."""
 
@@ -63,7 +107,7 @@ class Braced:
     span: Span = field(compare=False)
 
 
-Expr = Union[Num, Word, Str, Ref, BinOp, Neg, Braced]
+Expr = Union[Num, Word, Str, Ref, BinOp, Neg, Braced, ListOf, Index, Compare, Cond, Func]
 
 
 @dataclass(frozen=True)
@@ -74,6 +118,14 @@ class Option:
 
 
 # -- statements ---------------------------------------------------------------------------
+# Every statement may carry: ``repeat`` (``x{n}``), ``index`` (the name ``for i`` gives the
+# copy's number 0, 1, ...), and ``label`` (``x = ...``: its output becomes the value ``x``).
+@dataclass(frozen=True)
+class Label:
+    name: str
+    span: Span = field(compare=False)
+
+
 @dataclass(frozen=True)
 class Layer:
     """``conv3-64/2 pad=1``: name ``conv3``, width ``64``, stride ``2``, options."""
@@ -84,6 +136,8 @@ class Layer:
     options: tuple[Option, ...]
     span: Span = field(compare=False)
     repeat: Expr | None = None
+    index: str | None = None
+    label: Label | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +149,8 @@ class Call:
     kwargs: tuple[Option, ...]
     span: Span = field(compare=False)
     repeat: Expr | None = None
+    index: str | None = None
+    label: Label | None = None
 
 
 @dataclass(frozen=True)
@@ -103,10 +159,39 @@ class Residual:
     body: tuple["Stmt", ...]
     span: Span = field(compare=False)
     repeat: Expr | None = None
+    index: str | None = None
+    label: Label | None = None
     end_line: int = field(default=0, compare=False)  # the line of the closing brace
 
 
-Stmt = Union[Layer, Call, Residual]
+@dataclass(frozen=True)
+class Merge:
+    """``concat { a | b }``: branches from the same input, merged by ``kind`` (concat, add,
+    multiply)."""
+
+    kind: str
+    options: tuple[Option, ...]
+    branches: tuple[tuple["Stmt", ...], ...]
+    span: Span = field(compare=False)
+    repeat: Expr | None = None
+    index: str | None = None
+    label: Label | None = None
+    end_line: int = field(default=0, compare=False)  # the line of the closing brace
+
+
+@dataclass(frozen=True)
+class Group:
+    """``{ conv3-64; bn } x2``: statements grouped, to be repeated together."""
+
+    body: tuple["Stmt", ...]
+    span: Span = field(compare=False)
+    repeat: Expr | None = None
+    index: str | None = None
+    label: Label | None = None
+    end_line: int = field(default=0, compare=False)
+
+
+Stmt = Union[Layer, Call, Residual, Merge, Group]
 
 
 # -- definitions --------------------------------------------------------------------------

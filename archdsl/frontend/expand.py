@@ -7,29 +7,79 @@ came through).
 
 The activation rule, in one sentence: **every conv and fc is followed by a ReLU (placed after
 its ``bn`` when a ``bn`` follows it), except where an activation is written next, where the
-layer is written with ``act=none``, where it ends a residual branch (the ReLU then follows the
-addition), or where it ends the net.**
+layer is written with ``act=none``, where it ends a residual branch or an ``add`` branch (the
+ReLU then follows the addition), or where it ends the net.** (A ``concat`` or ``multiply``
+branch keeps its last ReLU, as GoogLeNet's columns do.)
+
+Names: ``x = stmt`` makes the statement's output (after its activation) the value ``x``; a
+bare ``x`` later continues from it. Names are lexical: a block body, a residual body, a merge
+branch and each copy of a repeated group are scopes that see the names of the scopes around
+them (a block body sees only its own); a name is defined once where it is visible.
 """
 
 from __future__ import annotations
 
-from archdsl.errors import Span, SpecError
+import warnings
+
+import networkx as nx
+
+from archdsl.errors import Span, SpecError, SpecWarning
 from archdsl.frontend import ast
-from archdsl.frontend.layers import layer_op
-from archdsl.frontend.loader import Program
-from archdsl.frontend.values import Value, describe, evaluate
+from archdsl.frontend.layers import layer_names, layer_op, resolve_name
+from archdsl.frontend.loader import Program, bundled_library_of
+from archdsl.frontend.suggest import did_you_mean
+from archdsl.frontend.values import Value, as_int, describe, evaluate
 from archdsl.ir import ArchGraph, Op, Shape
 from archdsl.limits import Limits
 from archdsl.ops import ACTIVATIONS, BEFORE_ACTIVATION, TABLE, output_shape
+from archdsl.ops.merges import concat_mismatch, multiply_mismatch
 
-SHORTCUTS = ("a", "b", "c", "none", "identity")
+# a: identity, zero-padded; b: 1x1 projection + BN where the dimensions change; c: projections
+# everywhere; p: a 1x1 projection without BN where they change; preact: like p, the projection
+# reading the branch's leading BN and ReLU (pre-activation ResNets); none; identity.
+SHORTCUTS = ("a", "b", "c", "p", "preact", "none", "identity")
+
+# The name a layer sees as its input width: groups={in} for a depthwise conv.
+INPUT_WIDTH = "in"
 
 
 class _Scope:
-    """Where statements are being expanded: the block-call path and the name prefix."""
+    """Where statements are being expanded: the block-call path, the name prefix, and the named
+    values visible here (its own, then its parent's)."""
 
-    def __init__(self, path: str = "", prefix: str = "", calls: tuple[str, ...] = ()):
+    def __init__(self, path: str = "", prefix: str = "", calls: tuple[str, ...] = (),
+                 parent: "_Scope | None" = None, body: tuple = ()):
         self.path, self.prefix, self.calls = path, prefix, calls
+        self.parent, self.body = parent, body
+        self.values: dict[str, tuple[str, Span]] = {}  # name -> (node, where it was defined)
+
+    def child(self, body: tuple) -> "_Scope":
+        return _Scope(self.path, self.prefix, self.calls, self, body)
+
+    def lookup(self, name: str) -> tuple[str, Span] | None:
+        scope = self
+        while scope is not None:
+            if name in scope.values:
+                return scope.values[name]
+            scope = scope.parent
+        return None
+
+    def visible(self) -> list[str]:
+        names, scope = [], self
+        while scope is not None:
+            names += scope.values
+            scope = scope.parent
+        return names
+
+    def defined_later(self, name: str) -> Span | None:
+        """Where ``name`` is defined in a body around this point, if it is (used too early)."""
+        scope = self
+        while scope is not None:
+            for label in _labels(scope.body):
+                if label.name == name:
+                    return label.span
+            scope = scope.parent
+        return None
 
 
 class Builder:
@@ -91,31 +141,78 @@ class Builder:
     def body(self, stmts, env: dict[str, Value], scope: _Scope) -> None:
         for stmt in stmts:
             self.charge(stmt, stmt.span)
-            for _ in range(self.repeats(stmt, env)):
+            count = self.repeats(stmt, env)
+            if stmt.index is not None:
+                self.check_name(stmt.index, stmt.repeat.span, scope, env, what="loop index")
+            for copy in range(count):
                 self.charge(stmt, stmt.span)
+                local = env if stmt.index is None else {**env, stmt.index: copy}
                 if isinstance(stmt, ast.Layer):
-                    self.layer(stmt, env, scope)
+                    self.layer(stmt, local, scope)
                 elif isinstance(stmt, ast.Call):
-                    self.call(stmt, env, scope)
+                    self.call(stmt, local, scope)
+                elif isinstance(stmt, ast.Residual):
+                    self.residual(stmt, local, scope)
+                elif isinstance(stmt, ast.Merge):
+                    self.merge(stmt, local, scope)
                 else:
-                    self.residual(stmt, env, scope)
+                    self.enter(stmt.span)
+                    self.body(stmt.body, local, scope.child(stmt.body))
+                    self.depth -= 1
+            if stmt.label is not None:
+                self.define(stmt.label, scope, env)
+
+    def define(self, label: ast.Label, scope: _Scope, env) -> None:
+        """Bind ``label`` to the current value (after its pending activation)."""
+        self.check_name(label.name, label.span, scope, env, what="name")
+        self.flush()
+        scope.values[label.name] = (self.current, label.span)
+
+    def check_name(self, name: str, span: Span, scope: _Scope, env, what: str) -> None:
+        previous = scope.lookup(name)
+        if previous is not None:
+            raise SpecError(f"name {name!r} is defined twice: expected a new name (it is defined at line "
+                            f"{previous[1].line})", span).with_note("first defined here", previous[1])
+        clash = ("a parameter" if name in env and what == "loop index" else
+                 "a block" if name in self.program.blocks else
+                 "a layer" if resolve_name(name) is not None or name.lower() == "identity" else
+                 "the input width" if name == INPUT_WIDTH else None)
+        if clash:
+            raise SpecError(f"{what} {name!r} is already {clash}: expected another name", span)
 
     def repeats(self, stmt, env) -> int:
         if stmt.repeat is None:
             return 1
-        count = evaluate(stmt.repeat, env)
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise SpecError(f"expected a repeat count >= 0, found {describe(count)}", stmt.repeat.span)
+        count = as_int(evaluate(stmt.repeat, env), "a repeat count", stmt.repeat.span)
+        if count < 0:
+            raise SpecError(f"expected a repeat count >= 0, found {count}", stmt.repeat.span)
         if count > self.limits.max_repeat:
             raise SpecError(f"repeat count {count} exceeds the limit of {self.limits.max_repeat} "
                             "(limit max_repeat)", stmt.repeat.span)
         return count
 
+    def reference(self, layer: ast.Layer, scope: _Scope) -> bool:
+        """A bare name: continue from that value (True), or not a value (False)."""
+        if layer.width is not None or layer.stride is not None or layer.options:
+            return False
+        if layer.name.lower() == "identity":  # the current value itself
+            return True
+        found = scope.lookup(layer.name)
+        if found is None:
+            return False
+        self.flush()
+        self.current = found[0]
+        return True
+
     def layer(self, layer: ast.Layer, env, scope: _Scope) -> None:
+        if self.reference(layer, scope):
+            return
         if layer.name in self.program.blocks and layer.width is None and layer.stride is None \
                 and not layer.options:
             return self.call(ast.Call(layer.name, (), (), layer.span), env, scope)
-        op, attrs, act = layer_op(layer, env, self.limits)
+        if resolve_name(layer.name) is None:
+            raise self.unknown(layer.name, layer.span, scope)
+        op, attrs, act = layer_op(layer, {**env, INPUT_WIDTH: self.shape(self.current).c}, self.limits)
         if op in ACTIVATIONS:
             self.pending = None
         elif op not in BEFORE_ACTIVATION:
@@ -128,7 +225,8 @@ class Builder:
         block = self.program.blocks.get(call.name)
         if block is None:
             known = ", ".join(sorted(self.program.blocks)) or "none defined"
-            raise SpecError(f"unknown block {call.name!r} (blocks: {known})", call.span)
+            raise SpecError(f"unknown block {call.name!r}{did_you_mean(call.name, self.program.blocks)} "
+                            f"(blocks: {known}){_import_hint(call.name)}", call.span)
         if call.name in scope.calls:
             chain = " -> ".join(scope.calls + (call.name,))
             raise SpecError(f"block {call.name!r} calls itself ({chain})", call.span)
@@ -136,12 +234,14 @@ class Builder:
             raise SpecError(f"blocks nested more than {self.limits.max_call_depth} deep (limit max_call_depth)",
                             call.span)
         self.charge(block, call.span)
-        local = bind(block.params, call.args, call.kwargs, env, call.span, f"block {block.name!r}")
+        local = bind(block.params, call.args, call.kwargs, {**env, INPUT_WIDTH: self.shape(self.current).c},
+                     call.span, f"block {block.name!r}")
         instance = self.instances[call.name] = self.instances.get(call.name, 0) + 1
         inner = _Scope(
             f"{scope.path}.{call.name}{instance}" if scope.path else f"{call.name}{instance}",
             f"{call.name}{instance}_",
             scope.calls + (call.name,),
+            body=block.body,
         )
         self.enter(call.span)
         try:
@@ -160,7 +260,7 @@ class Builder:
         self.flush()
         x = self.current
         self.enter(res.span)
-        self.body(res.body, env, scope)
+        self.body(res.body, env, scope.child(res.body))
         self.depth -= 1
         self.pending = None  # the branch ends without its activation; it follows the addition
         branch = self.current
@@ -178,7 +278,15 @@ class Builder:
             return x
         if kind == "identity":
             return x  # the add reports the mismatch, with both shapes
-        stride = _subsampling(s_in, s_out, self.branch_stride(x, branch))
+        hint = self.branch_stride(x, branch)
+        if isinstance(hint, str):  # the branch pools globally, or flattens: no stride follows it
+            where = self.graph.nodes[hint]["span"]
+            what = _WHOLE_MAP.get(self.graph.nodes[hint]["op"], self.graph.nodes[hint]["op"].value)
+            raise SpecError(
+                f"the residual branch reduces its {s_in} input to {s_out} by {what} (line {where.line}), "
+                "which no shortcut can follow: expected a branch that keeps the size or shrinks it by a "
+                "whole stride", span).with_note("the branch reduces the whole map here", where)
+        stride = _subsampling(s_in, s_out, hint)
         if stride is None:
             raise SpecError(
                 f"no shortcut can map the residual input {s_in} to the branch output {s_out}: "
@@ -188,24 +296,122 @@ class Builder:
                 raise SpecError(f"shortcut=A pads channels with zeros, so it cannot go from {s_in.c} to "
                                 f"{s_out.c} channels: expected the branch to keep or grow them", span)
             return self.emit(Op.SHORTCUT_PAD, {"stride": stride, "out_channels": s_out.c}, span, scope, args=(x,))
+        source = self.preactivated(x, branch) if kind == "preact" else x
         conv = {"out_channels": s_out.c, "kernel": (1, 1), "stride": (stride, stride), "padding": (0, 0),
                 "groups": 1, "bias": False}
-        self.emit(Op.CONV, conv, span, scope, args=(x,), base="proj")
+        projection = self.emit(Op.CONV, conv, span, scope, args=(source,), base="proj")
+        if kind in ("p", "preact"):
+            return projection
         return self.emit(Op.BATCHNORM, {"eps": 1e-5}, span, scope, base="proj_bn")
 
-    def branch_stride(self, x: str, branch: str) -> int | None:
+    def preactivated(self, x: str, branch: str) -> str:
+        """Pre-activation ordering (He et al. 2016, "Identity Mappings"): where the shortcut
+        projects, it reads the branch's leading BN and ReLU, shared by both paths."""
+        first = [u for u in self.graph.users(x) if self.reaches(u, branch)]
+        if len(first) == 1 and self.graph.nodes[first[0]]["op"] is Op.BATCHNORM:
+            relu = [u for u in self.graph.users(first[0]) if self.graph.nodes[u]["op"] is Op.RELU]
+            if len(relu) == 1:
+                return relu[0]
+        span = self.graph.nodes[first[0]]["span"] if first else self.graph.nodes[branch]["span"]
+        raise SpecError("shortcut=preact shares the branch's leading bn; relu with the projection: expected "
+                        "the branch to start with bn; relu", span)
+
+    def reaches(self, node: str, target: str) -> bool:
+        return node == target or nx.has_path(self.graph, node, target)
+
+    def branch_stride(self, x: str, branch: str) -> int | str | None:
         """The stride of a residual branch from ``x`` to ``branch``: the product of the strides on
-        its path (None if the path has no single stride, e.g. global pooling)."""
+        its path (through a merge, its largest input's); the name of the node that pools the
+        whole map or flattens it, if one does; None if the path has no single stride."""
         sh = sw = 1
         node = branch
         while node != x:
             data = self.graph.nodes[node]
-            step = TABLE[data["op"]].subsampling(data["attrs"])
-            if step is None:
+            if not data["args"]:  # the branch reads a value from before the unit
                 return None
+            step = TABLE[data["op"]].subsampling(data["attrs"])
+            if step is None:  # no single stride: global pooling, an fc
+                return node if self.shape(data["args"][0]).is_map else None
             sh, sw = sh * step[0], sw * step[1]
-            node = data["args"][0]
+            node = max(data["args"], key=lambda a: self.shape(a).h * self.shape(a).w)
         return sh if sh == sw else None
+
+    def merge(self, merge: ast.Merge, env, scope: _Scope) -> None:
+        """Branches from one input, merged: concat along channels, add, or multiply (a Cx1x1 gate
+        broadcast over the map)."""
+        options = {o.name: o for o in merge.options}
+        allowed = ("act",) if merge.kind == "add" else ()
+        for name, option in options.items():
+            if name not in allowed:
+                raise SpecError(f"{merge.kind} has no option {name!r} (its options: "
+                                f"{', '.join(allowed) or 'none'})", option.span)
+        act = _choice(options.get("act"), env, "relu", ("relu", "none"))
+        self.flush()
+        x = self.current
+        self.enter(merge.span)
+        outputs: list[str] = []
+        for branch in merge.branches:
+            self.current, self.pending = x, None
+            self.body(branch, env, scope.child(branch))
+            if merge.kind == "add":
+                self.pending = None  # the branch ends raw; the ReLU follows the addition
+            else:
+                self.flush()
+            if self.current in outputs:
+                raise SpecError(f"{merge.kind} takes the same value from two branches: expected each branch "
+                                "to end in its own value", branch[-1].span)
+            outputs.append(self.current)
+        self.depth -= 1
+        if len(outputs) == 1:
+            self.current = outputs[0]
+            return
+        if merge.kind == "add":
+            result = outputs[0]
+            for other in outputs[1:]:
+                result = self.emit(Op.ADD, {}, merge.span, scope, args=(result, other))
+            if act == "relu":
+                self.emit(Op.RELU, {}, merge.span, scope)
+            return
+        shapes = [self.shape(o) for o in outputs]
+        if merge.kind == "concat":
+            wrong = concat_mismatch(shapes)
+            if wrong is not None:  # at the branch that disagrees
+                raise SpecError(f"concat cannot join branch {wrong[0] + 1} to branch 1: {wrong[1]}",
+                                merge.branches[wrong[0]][0].span).with_note("in this concat", merge.span)
+            self.emit(Op.CONCAT, {"inputs": len(outputs)}, merge.span, scope, args=tuple(outputs))
+            return
+        if len(outputs) != 2:
+            raise SpecError(f"multiply takes two branches (a map, then its gate), found {len(outputs)}", merge.span)
+        wrong = multiply_mismatch(shapes)
+        if wrong is not None:
+            raise SpecError(f"multiply: {wrong}", merge.branches[1][0].span).with_note("in this multiply",
+                                                                                       merge.span)
+        self.emit(Op.MULTIPLY, {}, merge.span, scope, args=tuple(outputs))
+
+    def unknown(self, name: str, span: Span, scope: _Scope) -> SpecError:
+        """The error for a name that is no layer, block or value here."""
+        later = scope.defined_later(name)
+        if later is not None:
+            return SpecError(f"name {name!r} is used before it is defined (at line {later.line}): expected a "
+                             "name defined above", span).with_note(f"{name!r} is defined here", later)
+        known = [*layer_names(), *self.program.blocks, *scope.visible()]
+        values = ", ".join(scope.visible()) or "none"
+        return SpecError(f"unknown layer {name!r}{did_you_mean(name, known)}: expected a layer, a block or a "
+                         f"named value (values here: {values}){_import_hint(name)}", span)
+
+
+# Ops that reduce the whole map at once, and how an error names them.
+_WHOLE_MAP = {Op.GLOBAL_AVGPOOL: "global average pooling", Op.LINEAR: "an fc layer"}
+
+
+def _labels(stmts) -> list[ast.Label]:
+    """The names defined by ``stmts`` (not inside their bodies)."""
+    return [s.label for s in stmts if s.label is not None]
+
+
+def _import_hint(name: str) -> str:
+    library = bundled_library_of(name)
+    return f'; it is a block of the bundled library {library}: add import "{library}"' if library else ""
 
 
 def _subsampling(s_in: Shape, s_out: Shape, hint: int | None = None) -> int | None:
@@ -230,6 +436,8 @@ def _expressions(node) -> list:
     if isinstance(node, ast.BlockDef):
         return [p.default for p in node.params if p.default is not None]
     found = [node.repeat]
+    if isinstance(node, (ast.Group, ast.Merge)):
+        return [e for e in found if e is not None]
     if isinstance(node, ast.Layer):
         found += [node.width, node.stride]
     if isinstance(node, ast.Call):
@@ -284,6 +492,18 @@ def bind(params: tuple[ast.Param, ...], args, kwargs, env, span: Span, what: str
     return local
 
 
+def _check_override(key: str, value, span: Span, depth: int = 0) -> None:
+    if isinstance(value, (list, tuple)) and depth < 4 and len(value) <= 1024:
+        for item in value:
+            _check_override(key, item, span, depth + 1)
+        return
+    if not isinstance(value, (bool, int, float, str)):
+        raise SpecError(f"parameter {key!r} must be a number, a bool, a word or a short list of those, "
+                        f"found {value!r}", span)
+    if not isinstance(value, (bool, str)) and not abs(value) <= 2**62:
+        raise SpecError(f"parameter {key!r} is out of range", span)
+
+
 def build(program: Program, net: ast.NetDef, overrides: dict[str, Value], input_shape: Shape | None,
           limits: Limits) -> ArchGraph:
     """Expand ``net`` with parameter ``overrides`` into a shape-checked graph."""
@@ -293,14 +513,12 @@ def build(program: Program, net: ast.NetDef, overrides: dict[str, Value], input_
         raise SpecError(f"net {net.name!r} has no parameter {unknown[0]!r} (its parameters: "
                         f"{', '.join(p.name for p in net.params) or 'none'})", net.span)
     for key, value in overrides.items():
-        if not isinstance(value, (bool, int, float, str)):
-            raise SpecError(f"parameter {key!r} must be a number, a bool or a word, found {value!r}", net.span)
-        if not isinstance(value, (bool, str)) and not abs(value) <= 2**62:
-            raise SpecError(f"parameter {key!r} is out of range", net.span)
+        _check_override(key, value, net.span)
     values = {}
     for param in net.params:
         if param.name in overrides:
-            values[param.name] = overrides[param.name]
+            value = overrides[param.name]
+            values[param.name] = tuple(value) if isinstance(value, list) else value
         elif param.default is not None:
             values[param.name] = evaluate(param.default, values)
         else:
@@ -316,11 +534,31 @@ def build(program: Program, net: ast.NetDef, overrides: dict[str, Value], input_
     builder = Builder(program, limits)
     graph = builder.graph
     graph.graph.update(name=net.name, params=dict(values), spec=net.span, file=program.entry.file)
-    top = _Scope()
+    top = _Scope(body=net.body)
     graph.graph["input"] = builder.emit(Op.INPUT, {"shape": shape}, net.span, top, args=())
     builder.body(net.body, values, top)
     builder.pending = None  # the net's last weighted layer keeps its raw output
     if builder.current == graph.graph["input"]:
         raise SpecError(f"net {net.name!r} has no layers", net.span)
     graph.graph["output"] = builder.current
+    for name in graph.nodes:
+        if name != builder.current and graph.out_degree(name) == 0:
+            raise SpecError("the output of this statement is never used: expected every value to flow into "
+                            "the net's output (name it and use the name, or remove it)", graph.nodes[name]["span"])
+    if net.input_shape is not None and input_shape is not None and input_shape != net.input_shape:
+        _warn_resized_fc(graph, build(program, net, overrides, None, limits))
     return graph
+
+
+def _warn_resized_fc(graph: ArchGraph, declared: ArchGraph) -> None:
+    """An fc whose input differs from the one it has at the spec's declared input: its weights
+    are not those the spec describes (VGG's fc6 at 256x256 has 18432 inputs, not 25088)."""
+    for name, data in graph.nodes(data=True):
+        if data["op"] is not Op.LINEAR or name not in declared or declared.nodes[name]["op"] is not Op.LINEAR:
+            continue
+        here, there = graph.shape(data["args"][0]), declared.shape(declared.nodes[name]["args"][0])
+        if here.numel != there.numel:
+            warnings.warn(SpecWarning(
+                f"fc-{data['attrs']['out_features']} receives {here.numel} features ({here}) at input "
+                f"{graph.input_shape}, but {there.numel} ({there}) at the spec's declared input "
+                f"{declared.input_shape}: its weights differ from the spec's", data["span"]), stacklevel=2)

@@ -13,7 +13,7 @@ from typing import Any
 
 from archdsl.errors import Span, SpecError
 from archdsl.frontend import ast
-from archdsl.frontend.values import Value, describe, evaluate
+from archdsl.frontend.values import Value, as_int, describe, evaluate
 from archdsl.ops import DSL_NAMES, TABLE, Dsl, Op
 
 _NAME = re.compile(r"^(?P<base>[a-z_]+?)(?P<kh>\d+)?(?:x(?P<kw>\d+))?$")
@@ -37,8 +37,7 @@ class Written:
         return SpecError(message, span or self.layer.span)
 
     def _check_int(self, value: Value, what: str, span: Span, minimum: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(f"expected an integer for {what}, found {describe(value)}", span)
+        value = as_int(value, what, span)
         if value < minimum:
             raise self.error(f"expected {what} >= {minimum}, found {value}", span)
         if value > self.limits.max_width:
@@ -126,12 +125,19 @@ def resolve_name(name: str) -> tuple[str, tuple[int, int] | None] | None:
     return base, (kh, kw)
 
 
+def layer_names() -> list[str]:
+    """Every layer name a spec may write (for did-you-mean)."""
+    return [*DSL_NAMES, "identity"]
+
+
 def layer_op(layer: ast.Layer, env: dict[str, Value], limits) -> tuple[Op, dict[str, Any], str | None]:
     """Evaluate a written layer: (op, attrs, implied activation or None)."""
     resolved = resolve_name(layer.name)
     if resolved is None:
-        raise SpecError(f"unknown layer {layer.name!r}; expected one of {', '.join(LAYERS)} or a block name",
-                        layer.span)
+        from archdsl.frontend.suggest import did_you_mean
+
+        raise SpecError(f"unknown layer {layer.name!r}{did_you_mean(layer.name, layer_names())}; expected one "
+                        f"of {', '.join(LAYERS)} or a block name", layer.span)
     base, kernel = resolved
     op = LAYERS[base]
     kind = TABLE[op].dsl

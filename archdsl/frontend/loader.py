@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -107,6 +108,21 @@ def load_program(text: str, file: str, limits: Limits, base_dir: Path | None) ->
         _add_blocks(program, spec)
         pending.extend((i, path.parent, chain + (path,)) for i in reversed(spec.imports))
     return program
+
+
+@functools.lru_cache(maxsize=None)
+def _bundled_blocks() -> dict[str, str]:
+    """Block name -> the bundled library file (``lib/resnet.arch``) that defines it."""
+    found: dict[str, str] = {}
+    for path in sorted((SPECS_DIR / "lib").glob("*.arch")):
+        for block in parse(path.read_text(encoding="utf-8"), str(path)).blocks:
+            found.setdefault(block.name, path.relative_to(SPECS_DIR).as_posix())
+    return found
+
+
+def bundled_library_of(block: str) -> str | None:
+    """The bundled library file that defines ``block`` (for "add import ..." hints), if any."""
+    return _bundled_blocks().get(block)
 
 
 def _resolved(file: str) -> Path | None:

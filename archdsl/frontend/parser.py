@@ -12,6 +12,7 @@ from lark.visitors import Transformer_NonRecursive
 
 from archdsl.errors import Span, SpecError
 from archdsl.frontend import ast
+from archdsl.frontend.suggest import did_you_mean
 from archdsl.ir import Shape
 from archdsl.limits import DEFAULT, Limits
 
@@ -27,9 +28,13 @@ _TERMINAL_WORDS = {
     "SHAPE": "an input shape such as 3x224x224",
     "REPEAT": "a repeat count such as x2",
     "SOFTMAX": "softmax",
+    "COMPARE": "a comparison (==, !=, <, <=, >, >=)",
     "_NL": "a new line",
     "$END": "the end of the file",
 }
+
+#: The ways branches merge: ``concat { a | b }`` and the like.
+MERGES = ("concat", "add", "multiply")
 
 
 # The comments of the text being parsed (the lexer drops them from the token stream).
@@ -139,7 +144,14 @@ class _ToAst(Transformer_NonRecursive):
         return ast.NetDef(str(name), params or (), input_shape, body, self.src.of(name), _end_line(meta))
 
     def param_list(self, meta, children):
-        return tuple(c for c in children if c is not None)
+        params = tuple(c for c in children if c is not None)
+        seen = set()
+        for param in params:
+            if param.name in seen:
+                raise SpecError(f"parameter {param.name!r} is named twice: expected each parameter once",
+                                param.span)
+            seen.add(param.name)
+        return params
 
     def param(self, meta, children):
         name, default = children
@@ -150,21 +162,38 @@ class _ToAst(Transformer_NonRecursive):
 
     # statements
     def stmt(self, meta, children):
-        node, repeat = children
-        if repeat is None:
-            return node
-        return type(node)(**{**node.__dict__, "repeat": repeat})
+        label, node, repeat = children
+        changes = {}
+        if label is not None:
+            changes["label"] = label
+        if repeat is not None:
+            changes["repeat"], changes["index"] = repeat
+        return type(node)(**{**node.__dict__, **changes}) if changes else node
+
+    def label(self, meta, children):
+        return ast.Label(str(children[0]), self.src.of(children[0]))
 
     def repeat(self, meta, children):
-        return children[1]
+        _, count, index = children
+        return count, (None if index is None else str(index))
 
     def layer(self, meta, children):
         name, width, stride, *options = children
-        return ast.Layer(str(name), width, stride, tuple(options), self.src.of(meta))
+        return ast.Layer(str(name), width, stride, self._unique(options), self.src.of(meta))
 
     def softmax_layer(self, meta, children):
         token, *options = children
-        return ast.Layer(str(token), None, None, tuple(options), self.src.of(meta))
+        return ast.Layer(str(token), None, None, self._unique(options), self.src.of(meta))
+
+    def _unique(self, options) -> tuple[ast.Option, ...]:
+        seen: dict[str, ast.Option] = {}
+        for option in options:
+            if option.name in seen:
+                first = seen[option.name]
+                raise SpecError(f"option {option.name!r} given twice (first as {option.name}=... at column "
+                                f"{first.span.column}): expected each option once", option.span)
+            seen[option.name] = option
+        return tuple(options)
 
     def call(self, meta, children):
         name, *args = children
@@ -182,7 +211,28 @@ class _ToAst(Transformer_NonRecursive):
 
     def residual(self, meta, children):
         *options, body = children
-        return ast.Residual(tuple(options), body, self.src.of(meta), end_line=_end_line(meta))
+        return ast.Residual(self._unique(options), body, self.src.of(meta), end_line=_end_line(meta))
+
+    def merge(self, meta, children):
+        name, *rest = children
+        options = [c for c in rest if isinstance(c, ast.Option)]
+        branches = [c for c in rest if not isinstance(c, ast.Option)]
+        kind = str(name).lower()
+        if kind not in MERGES:
+            raise SpecError(
+                f"unknown layer {str(name)!r}{did_you_mean(str(name), ('residual',) + MERGES)}: expected "
+                "residual, concat, add or multiply before '{'", self.src.of(name))
+        for number, branch in enumerate(branches, 1):
+            if not branch:
+                raise SpecError(f"branch {number} of {kind} is empty: expected at least one statement "
+                                "(identity stands for the merge's input itself)", self.src.of(meta))
+        return ast.Merge(kind, self._unique(options), tuple(branches), self.src.of(meta),
+                         end_line=_end_line(meta))
+
+    def group(self, meta, children):
+        if not children[0]:
+            raise SpecError("an empty group '{ }': expected statements inside", self.src.of(meta))
+        return ast.Group(children[0], self.src.of(meta), end_line=_end_line(meta))
 
     def option(self, meta, children):
         name, value = children
@@ -211,6 +261,9 @@ class _ToAst(Transformer_NonRecursive):
     def string_value(self, meta, children):
         return ast.Str(str(children[0])[1:-1], self.src.of(children[0]))
 
+    def list_value(self, meta, children):
+        return ast.ListOf(tuple(c for c in children if c is not None), self.src.of(meta))
+
     # expressions
     def number(self, meta, children):
         text = str(children[0])
@@ -219,6 +272,24 @@ class _ToAst(Transformer_NonRecursive):
 
     def ref(self, meta, children):
         return ast.Ref(str(children[0]), self.src.of(children[0]))
+
+    string = string_value
+    list = list_value
+
+    def func(self, meta, children):
+        name, *args = children
+        return ast.Func(str(name), tuple(a for a in args if a is not None), self.src.of(meta))
+
+    def index(self, meta, children):
+        return ast.Index(children[0], children[1], self.src.of(meta))
+
+    def compare(self, meta, children):
+        left, op, right = children
+        return ast.Compare(str(op), left, right, self.src.of(meta))
+
+    def cond(self, meta, children):
+        then, test, other = children
+        return ast.Cond(then, test, other, self.src.of(meta))
 
     def neg(self, meta, children):
         return ast.Neg(children[0], self.src.of(meta))
@@ -241,9 +312,9 @@ def _short(text: str) -> str:
     return text if len(text) <= 24 else f"{text[:10]}...{text[-10:]} ({len(text)} characters)"
 
 
-# Rules that nest: a residual unit's body, a pair of braces, an operator.
-_NESTING = frozenset({"residual", "expr_arg", "expr_value", "add", "sub", "mul", "floordiv", "truediv",
-                      "mod", "neg"})
+# Rules that nest: a residual unit's body, a merge, a group, a pair of braces, a list, an operator.
+_NESTING = frozenset({"residual", "merge", "group", "expr_arg", "expr_value", "list_value", "add", "sub",
+                      "mul", "floordiv", "truediv", "mod", "neg", "index", "compare", "cond", "func", "list"})
 
 
 def _check_nesting(tree: lark.Tree, source: _Source, limit: int) -> None:
@@ -265,6 +336,7 @@ def _check_nesting(tree: lark.Tree, source: _Source, limit: int) -> None:
 def parse(text: str, file: str = "<string>", limits: Limits = DEFAULT) -> ast.SpecFile:
     """Parse spec text. Raises SpecError with the position, the line, a caret, and what was
     expected versus found."""
+    text = text.removeprefix("\ufeff")  # a byte-order mark, as some editors write
     source = _Source(text, file)
     comments: list[Token] = []
     reset = _COMMENTS.set(comments)
@@ -272,6 +344,8 @@ def parse(text: str, file: str = "<string>", limits: Limits = DEFAULT) -> ast.Sp
         tree = _parser().parse(text + "\n")
     except lark.UnexpectedToken as err:
         expected = sorted({_describe(t) for t in err.accepts or err.expected})
+        if err.token.type == "$END":
+            _check_closed(text, source)
         hint = ""
         if expected == ["'='"]:  # a word after a layer reads as the start of an option
             hint = " (options are written name=value; statements are separated by ';' or new lines)"
@@ -288,6 +362,7 @@ def parse(text: str, file: str = "<string>", limits: Limits = DEFAULT) -> ast.Sp
             source.span(err.line, err.column),
         ) from None
     except lark.UnexpectedEOF as err:
+        _check_closed(text, source)
         expected = sorted({_describe(t) for t in err.expected})
         raise SpecError(
             f"expected {_join(expected)}, found the end of the file",
@@ -304,6 +379,53 @@ def parse(text: str, file: str = "<string>", limits: Limits = DEFAULT) -> ast.Sp
         raise
     notes = tuple(ast.Comment(str(c).rstrip(), source.of(c)) for c in comments)
     return ast.SpecFile(spec.file, spec.imports, spec.blocks, spec.nets, notes)
+
+
+_CLOSING = {"{": "}", "(": ")", "[": "]"}
+
+
+def _check_closed(text: str, source: _Source) -> None:
+    """At an unexpected end of the file: point at the bracket left open, where the author has
+    to look, rather than at the end of the file. Brackets pair by position; where a closing
+    brace starts a line less indented than the line of the brace it would close, the
+    indentation is trusted instead, and that inner brace is the one left open."""
+    open_at: list[tuple[str, int, int, int]] = []  # (bracket, line, column, indent of its line)
+    unclosed: list[tuple[str, int, int]] = []
+    line, column, i, indent, first = 1, 1, 0, 0, True
+    while i < len(text):
+        ch = text[i]
+        if ch == "#" or ch == '"':  # a comment or a string: skip to its end (not past the line)
+            newline = text.find("\n", i + 1)
+            newline = len(text) if newline < 0 else newline
+            end = newline
+            if ch == '"':
+                quote = text.find('"', i + 1, newline)
+                end = newline if quote < 0 else quote + 1
+            column += end - i
+            i, first = end, False
+            continue
+        if ch in _CLOSING:
+            open_at.append((ch, line, column, indent))
+        elif ch in _CLOSING.values():
+            if first:  # a closing bracket that starts its line closes the bracket opened at its indent
+                while len(open_at) > 1 and open_at[-1][3] > indent and open_at[-2][3] >= indent:
+                    unclosed.append(open_at.pop()[:3])
+            if open_at and _CLOSING[open_at[-1][0]] == ch:
+                open_at.pop()
+        if ch == "\n":
+            line, column, indent, first = line + 1, 1, 0, True
+        else:
+            if first and ch in " \t":
+                indent += 1
+            elif ch not in "\r":
+                first = False
+            column += 1
+        i += 1
+    left = sorted(unclosed, key=lambda b: (b[1], b[2]))[:1] or [b[:3] for b in open_at[-1:]]
+    if left:
+        ch, line, column = left[0]
+        raise SpecError(f"expected '{_CLOSING[ch]}' to close this '{ch}', found the end of the file",
+                        source.span(line, column, line, column + 1))
 
 
 def _join(words: list[str]) -> str:

@@ -23,9 +23,11 @@ from archdsl.limits import DEFAULT, Limits
 
 INDENT = "    "
 
-# Binding strength of each operator: a sum binds looser than a product, unary minus tighter.
-_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "//": 2, "/": 2, "%": 2}
-_UNARY, _ATOM = 3, 4
+# Binding strength of each form: a conditional binds loosest, then a comparison, a sum, a
+# product, unary minus, indexing; numbers, names, lists and calls are atoms.
+_COND, _COMPARE = 1, 2
+_PRECEDENCE = {"+": 3, "-": 3, "*": 4, "//": 4, "/": 4, "%": 4}
+_UNARY, _POSTFIX, _ATOM = 5, 6, 7
 
 
 def format_text(text: str, file: str = "<string>", limits: Limits = DEFAULT) -> str:
@@ -63,7 +65,7 @@ def format_expr(expr: ast.Expr) -> str:
 
 
 def format_stmt(stmt: ast.Stmt) -> str:
-    """One statement; a residual unit on several lines."""
+    """One statement; a residual unit (or a merge or group written over lines) on several lines."""
     lines: list[_Line | None] = []
     _stmt(lines, stmt, 0)
     return "\n".join(line.text() for line in lines if line is not None)
@@ -77,52 +79,103 @@ class _Line:
     start: int  # the source line the printed line starts at
     anchor: int  # the source line it ends at (a comment there may trail it)
     comment_depth: int | None = None  # the indent of comments placed above it (closing braces: inner)
+    lead: str = ""  # "| " before a merge's branch, in place of the indent's last characters
 
     def text(self) -> str:
-        return INDENT * self.depth + self.body
+        indent = INDENT * self.depth
+        if self.lead:
+            indent = indent[:-len(self.lead)] + self.lead
+        return indent + self.body
 
 
 def _braced(lines, header: str, body, depth: int, start: int, end: int, suffix: str) -> None:
     """``header {``, the body one level in, ``}`` (``header {}`` for an empty body)."""
     end = end or start
+    opening = f"{header} {{" if header else "{"
     if not body:
-        lines.append(_Line(f"{header} {{}}{suffix}", depth, start, end))
+        lines.append(_Line(f"{opening}}}{suffix}", depth, start, end))
         return
-    lines.append(_Line(f"{header} {{", depth, start, start))
+    lines.append(_Line(opening, depth, start, start))
+    _body(lines, body, depth + 1)
+    lines.append(_Line(f"}}{suffix}", depth, end, end, comment_depth=depth + 1))
+
+
+def _body(lines, body, depth: int, lead: str = "") -> None:
+    """Statements one level in; ``lead`` (``"| "``) starts the first line (a merge's branch)."""
+    first = len(lines)
     previous = None
     for stmt in body:
-        # Layers and calls written on one line stay on one line, as the papers' tables group
-        # them (conv3-64 x2; maxpool); a residual unit always opens its own lines.
-        simple = not isinstance(stmt, ast.Residual)
-        if simple and previous is not None and previous.span.line == stmt.span.line:
-            lines[-1].body += "; " + _simple(stmt)
+        # Statements written on one line stay on one line, as the papers' tables group them
+        # (conv3-64 x2; maxpool); a residual unit, and a merge or group written over several
+        # lines, open their own lines.
+        inline = _inline_ok(stmt)
+        if inline and previous is not None and previous.span.line == stmt.span.line:
+            lines[-1].body += "; " + _inline(stmt)
         else:
-            _stmt(lines, stmt, depth + 1)
-        previous = stmt if simple else None
-    lines.append(_Line(f"}}{suffix}", depth, end, end, comment_depth=depth + 1))
+            _stmt(lines, stmt, depth)
+        previous = stmt if inline else None
+    if lead and len(lines) > first:
+        lines[first].lead = lead
 
 
 def _stmt(lines, stmt: ast.Stmt, depth: int) -> None:
     line = stmt.span.line
-    if isinstance(stmt, ast.Residual):
-        repeat = f" x{format_expr(stmt.repeat)}" if stmt.repeat is not None else ""
-        _braced(lines, "residual" + _options(stmt.options), stmt.body, depth, line, stmt.end_line, repeat)
+    label = _label(stmt)
+    if _inline_ok(stmt):
+        lines.append(_Line(_inline(stmt), depth, line, line))
+    elif isinstance(stmt, ast.Residual):
+        _braced(lines, f"{label}residual{_options(stmt.options)}", stmt.body, depth, line, stmt.end_line,
+                _repeat(stmt))
+    elif isinstance(stmt, ast.Group):
+        _braced(lines, label.rstrip(" "), stmt.body, depth, line, stmt.end_line, _repeat(stmt))
     else:
-        lines.append(_Line(_simple(stmt), depth, line, line))
+        end = stmt.end_line or line
+        lines.append(_Line(f"{label}{stmt.kind}{_options(stmt.options)} {{", depth, line, line))
+        for number, branch in enumerate(stmt.branches):
+            _body(lines, branch, depth + 1, lead="| " if number else "")
+        lines.append(_Line(f"}}{_repeat(stmt)}", depth, end, end, comment_depth=depth + 1))
 
 
-def _simple(stmt: ast.Layer | ast.Call) -> str:
-    """A layer or a block call, with its repeat: ``conv3-64/2 pad=1 x2``, ``basic(64, stride=2)``."""
-    repeat = f" x{format_expr(stmt.repeat)}" if stmt.repeat is not None else ""
+def _inline_ok(stmt: ast.Stmt) -> bool:
+    """Whether a statement prints on one line: a layer or a call; a merge or a group written on
+    one line, of such statements."""
+    if isinstance(stmt, (ast.Layer, ast.Call)):
+        return True
+    if isinstance(stmt, ast.Residual) or stmt.span.line != (stmt.end_line or stmt.span.line):
+        return False
+    inner = stmt.body if isinstance(stmt, ast.Group) else [s for b in stmt.branches for s in b]
+    return all(_inline_ok(s) for s in inner)
+
+
+def _inline(stmt: ast.Stmt) -> str:
+    """A statement on one line: ``conv3-64/2 pad=1 x2``, ``basic(64, stride=2)``,
+    ``x = concat { identity | conv3-32 }``, ``{ conv3-64; bn } x2 for i``."""
     if isinstance(stmt, ast.Layer):
         text = stmt.name
         if stmt.width is not None:
             text += f"-{format_expr(stmt.width)}"
         if stmt.stride is not None:
             text += f"/{format_expr(stmt.stride)}"
-        return text + _options(stmt.options) + repeat
-    args = [format_expr(a) for a in stmt.args] + [f"{o.name}={format_expr(o.value)}" for o in stmt.kwargs]
-    return f"{stmt.name}({', '.join(args)}){repeat}"
+        text += _options(stmt.options)
+    elif isinstance(stmt, ast.Call):
+        args = [format_expr(a) for a in stmt.args] + [f"{o.name}={format_expr(o.value)}" for o in stmt.kwargs]
+        text = f"{stmt.name}({', '.join(args)})"
+    elif isinstance(stmt, ast.Group):
+        text = "{ " + "; ".join(_inline(s) for s in stmt.body) + " }"
+    else:
+        branches = " | ".join("; ".join(_inline(s) for s in branch) for branch in stmt.branches)
+        text = f"{stmt.kind}{_options(stmt.options)} {{ {branches} }}"
+    return _label(stmt) + text + _repeat(stmt)
+
+
+def _label(stmt: ast.Stmt) -> str:
+    return f"{stmt.label.name} = " if stmt.label is not None else ""
+
+
+def _repeat(stmt: ast.Stmt) -> str:
+    if stmt.repeat is None:
+        return ""
+    return f" x{format_expr(stmt.repeat)}" + (f" for {stmt.index}" if stmt.index is not None else "")
 
 
 def _options(options) -> str:
@@ -189,6 +242,17 @@ def _expr(e: ast.Expr) -> tuple[str, int]:
     if isinstance(e, ast.Neg):
         text, strength = _expr(e.operand)
         return "-" + (text if strength >= _UNARY else f"({text})"), _UNARY
+    if isinstance(e, ast.ListOf):
+        return "[" + ", ".join(_expr(i)[0] for i in e.items) + "]", _ATOM
+    if isinstance(e, ast.Func):
+        return f"{e.name}(" + ", ".join(_expr(a)[0] for a in e.args) + ")", _ATOM
+    if isinstance(e, ast.Index):
+        return f"{_at_least(e.target, _POSTFIX)}[{_expr(e.index)[0]}]", _POSTFIX
+    if isinstance(e, ast.Compare):  # comparisons do not chain: both sides are sums
+        return f"{_at_least(e.left, _COMPARE + 1)} {e.op} {_at_least(e.right, _COMPARE + 1)}", _COMPARE
+    if isinstance(e, ast.Cond):
+        return (f"{_at_least(e.then, _COMPARE)} if {_at_least(e.test, _COMPARE)} else "
+                f"{_at_least(e.other, _COND)}"), _COND
     if isinstance(e, ast.BinOp):
         mine = _PRECEDENCE[e.op]
         left, left_strength = _expr(e.left)
@@ -199,6 +263,12 @@ def _expr(e: ast.Expr) -> tuple[str, int]:
             right = f"({right})"
         return f"{left}{e.op}{right}", mine
     raise TypeError(f"not an expression: {e!r}")
+
+
+def _at_least(e: ast.Expr, strength: int) -> str:
+    """An operand's text, in parentheses where it binds looser than its place needs."""
+    text, mine = _expr(e)
+    return text if mine >= strength else f"({text})"
 
 
 def _number(value: int | float) -> str:

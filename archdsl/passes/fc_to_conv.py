@@ -113,7 +113,9 @@ def _move_global_pooling(graph: ArchGraph) -> None:
             continue
         break
     blocker = node  # the first op, back from the output, that does not commute
-    pools = [n for n in graph.order() if graph.nodes[n]["op"] is Op.GLOBAL_AVGPOOL]
+    # A pooling that only makes a gate (squeeze-and-excitation: a map times gate(gap(map)))
+    # has a dense form: the gate pools the whole image it is run on.
+    pools = [n for n in graph.order() if graph.nodes[n]["op"] is Op.GLOBAL_AVGPOOL and not _gates_only(graph, n)]
     if pools:
         pool = pools[-1]
         if blocker not in nx.descendants(graph, pool):
@@ -132,6 +134,24 @@ def _move_global_pooling(graph: ArchGraph) -> None:
             "norm, dropout and a final softmax may follow it)", after["span"])
         span = graph.nodes[pool]["span"]
         raise err.with_note("the global average pooling", span) if span else err
+
+
+def _gates_only(graph: ArchGraph, pool: str) -> bool:
+    """Whether everything ``pool`` computes reaches the output only as the gate (second input)
+    of a multiply, as in squeeze-and-excitation."""
+    gate, stack, exits = {pool}, [pool], 0
+    while stack:
+        node = stack.pop()
+        if node == graph.graph["output"]:
+            return False
+        for user in graph.users(node):
+            data = graph.nodes[user]
+            if data["op"] is Op.MULTIPLY and data["args"][1] == node and data["args"][0] != node:
+                exits += 1
+            elif user not in gate:
+                gate.add(user)
+                stack.append(user)
+    return exits > 0
 
 
 def _reinfer(graph: ArchGraph, dense_input: Shape | None) -> ArchGraph:
