@@ -1,8 +1,9 @@
 """Compile a network's Triton kernels for a GPU without the GPU, and report what each costs.
 
 On a GPU the autotuner compiles, for every launch, each tile config that survives its prune,
-then times them. This module does the compiling part offline: for a lowered graph it lists the
-launches the ``triton`` backend makes (:func:`launches`), takes each launch's arguments from
+then times them. This module does the compiling part offline: for a graph lowered for the
+``triton`` backend (the caller runs the pipeline; this module does not) it lists the launches
+the backend makes (:func:`launches`), takes each launch's arguments from
 the kernel's own ``launch_args`` on meta tensors (so no memory is allocated and nothing can
 drift from what a real launch passes), specialises them with Triton's own binder, prunes the
 configs with the kernel's own prune function, and compiles every survivor for the target
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from archdsl.codegen.triton import support
 from archdsl.ir import ArchGraph, Op
 
 __all__ = ["Compiled", "Launch", "compile_launches", "launches", "report", "table"]
@@ -108,28 +110,28 @@ def _meta_tensor(batch: int, shape, dtype, channels_last: bool) -> torch.Tensor:
     return t.to(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
 
 
-def launches(graph: ArchGraph, *, batch: int = 64, dtype: torch.dtype = torch.bfloat16,
+def launches(lowered: ArchGraph, *, batch: int = 64, dtype: torch.dtype = torch.bfloat16,
              training: bool = False) -> list[Launch]:
     """The Triton launches of one forward (and, with ``training``, the LRN backward) of
-    ``graph``, lowered for the triton backend, on channels_last activations.
+    ``lowered``, a graph lowered for the triton backend, on channels_last activations.
 
     A conv node launches as :func:`archdsl.codegen.triton.runtime.fused_conv` runs it: in eval
     mode a BN is folded into the conv (so it has a bias) and the ReLU and residual go to the
     epilogue; in training mode a conv followed by a BN runs without bias, residual or ReLU
     (the BN runs between them).
     """
+    # Imported here, not at the top: they import triton, and a process without it gets
+    # AotError's advice from report() instead of an ImportError.
     from archdsl.codegen.triton import conv as conv_kernels
     from archdsl.codegen.triton import lrn as lrn_kernels
-    from archdsl.passes import lowering_pipeline
 
-    graph = lowering_pipeline(graph, backend="triton")
     out: list[Launch] = []
-    for name in graph.order():
-        data = graph.nodes[name]
+    for name in lowered.order():
+        data = lowered.nodes[name]
         op, a = data["op"], data["attrs"]
         if op not in (Op.CONV, Op.FUSED_CONV, Op.LRN):
             continue
-        x_shape = graph.shape(data["args"][0])
+        x_shape = lowered.shape(data["args"][0])
         x = _meta_tensor(batch, x_shape, dtype, channels_last=True)
         if op is Op.LRN:
             params = (a["size"], lrn_kernels._effective_alpha(a["alpha"], a["size"], a["mode"]), a["beta"], a["k"])
@@ -145,7 +147,7 @@ def launches(graph: ArchGraph, *, batch: int = 64, dtype: torch.dtype = torch.bf
             has_bias, relu, residual = a["bias"], False, False
         else:
             has_bias = a["bias"] or bn
-        y = _meta_tensor(batch, graph.shape(name), dtype, channels_last=True)
+        y = _meta_tensor(batch, lowered.shape(name), dtype, channels_last=True)
         groups = a["groups"]
         w = torch.empty(a["out_channels"], x_shape.c // groups, *a["kernel"], dtype=dtype, device="meta")
         bias = torch.empty(a["out_channels"], dtype=dtype, device="meta") if has_bias else None
@@ -164,7 +166,7 @@ def launches(graph: ArchGraph, *, batch: int = 64, dtype: torch.dtype = torch.bf
 
 
 def _triton():
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if support.INTERPRET:
         raise AotError("offline compilation needs Triton's compiler, and TRITON_INTERPRET=1 is set "
                        "in this process: run it with TRITON_INTERPRET unset")
     try:
@@ -317,16 +319,17 @@ class Report:
         }
 
 
-def report(graph: ArchGraph, *, arch: int = 90, dtype: str = "bf16", batch: int = 64,
+def report(lowered: ArchGraph, *, arch: int = 90, dtype: str = "bf16", batch: int = 64,
            training: bool = False, progress=None) -> Report:
-    """Compile every kernel launch of ``graph`` (triton backend) for ``sm_<arch>``."""
+    """Compile every kernel launch of ``lowered`` (a graph lowered for the triton backend)
+    for ``sm_<arch>``."""
     triton = _triton()[0]
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     start = time.perf_counter()
-    items = launches(graph, batch=batch, dtype=DTYPES[dtype], training=training)
+    items = launches(lowered, batch=batch, dtype=DTYPES[dtype], training=training)
     rows = compile_launches(items, arch=arch, progress=progress)
-    return Report(graph.name, arch, dtype, batch, training, items, rows, time.perf_counter() - start,
+    return Report(lowered.name, arch, dtype, batch, training, items, rows, time.perf_counter() - start,
                   triton.__version__)
 
 
