@@ -1,7 +1,7 @@
 """Conv fusion for the triton backend: the graph passes (passes/fold_bn.py, passes/fuse.py),
 the BN fold, the lowering of FUSED_CONV, state_dict compatibility and the fallback notice.
 
-Most numerical checks run the triton backend's *fallback* path (``runtime.kernel_can_run``
+Most numerical checks run the triton backend's *fallback* path (``support.kernel_can_run``
 patched to False: F.conv2d with the folded weight and bias): it exercises the graph rewrite,
 the lowering, the fold and its cache at full speed. The kernel itself runs under Triton's CPU
 interpreter (tests/conftest.py sets TRITON_INTERPRET=1 without a GPU) only in the tiny
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 import archdsl
 import archdsl.testing as at
 from archdsl.codegen.torch_source import emit_source
-from archdsl.codegen.triton import runtime
+from archdsl.codegen.triton import support
 from archdsl.ir import ArchGraph, Op, Shape, VerifyError, verify
 from archdsl.passes import TRITON_FUSIONS, lowering_pipeline
 from archdsl.passes.analysis import analyse, describe
@@ -36,7 +36,7 @@ from archdsl.passes.shapes import infer, infer_shapes
 PASSES = TRITON_FUSIONS
 
 NEEDS_KERNELS = "needs a CUDA device or TRITON_INTERPRET=1 (tests/conftest.py sets it on CPU)"
-needs_kernels = pytest.mark.skipif(not runtime.available(), reason=NEEDS_KERNELS)
+needs_kernels = pytest.mark.skipif(not support.available(), reason=NEEDS_KERNELS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,14 +100,14 @@ def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def no_kernel(monkeypatch):
     """The triton backend's PyTorch fallback (F.conv2d on folded weights), without the notice
     leaking between tests."""
-    monkeypatch.setattr(runtime, "kernel_can_run", lambda x, w: False)
-    monkeypatch.setattr(runtime, "_noticed", True)
+    monkeypatch.setattr(support, "kernel_can_run", lambda x, w=None: False)
+    monkeypatch.setattr(support, "_noticed", True)
 
 
 @pytest.fixture
 def fresh_notice(monkeypatch):
     """A process in which the fallback notice has not been given yet."""
-    monkeypatch.setattr(runtime, "_noticed", False)
+    monkeypatch.setattr(support, "_noticed", False)
 
 
 def pair(spec, seed=0, **kwargs):
@@ -638,9 +638,9 @@ def _runtime_warnings(record):
 
 
 def test_without_a_device_the_triton_backend_runs_pytorch_ops_and_says_so_once(monkeypatch, fresh_notice):
-    monkeypatch.setattr(runtime, "_INTERPRET", False)
+    monkeypatch.setattr(support, "INTERPRET", False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert not runtime.available() and "no CUDA device" in runtime.unavailable_reason()
+    assert not support.available() and "no CUDA device" in support.unavailable_reason()
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         tri = archdsl.compile("cifar_resnet", n=1, backend="triton")
@@ -661,7 +661,7 @@ def test_without_a_device_the_triton_backend_runs_pytorch_ops_and_says_so_once(m
 
 
 def test_without_triton_the_backend_falls_back(monkeypatch, fresh_notice):
-    monkeypatch.setattr(runtime, "_triton_importable", lambda: False)
+    monkeypatch.setattr(support, "_triton_importable", lambda: False)
     with pytest.warns(RuntimeWarning, match="triton package cannot be imported"):
         tri = archdsl.compile("cifar_resnet", n=1, backend="triton")
     assert tri.backend == "torch" and type(tri.conv1) is torch.nn.Conv2d
@@ -683,7 +683,7 @@ def test_inputs_the_kernel_does_not_take_fall_back_with_the_notice(fresh_notice)
     # once per process: a later fallback of another kind stays quiet
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        runtime.notice("another reason")
+        support.notice("another reason")
     assert not record
 
 
@@ -711,7 +711,7 @@ TINY = """net tiny : 3x8x8 {
 @pytest.fixture
 def kernels_only(monkeypatch):
     """Fail if any conv falls back to F.conv2d: the Triton kernel must do them all."""
-    if not runtime.available():
+    if not support.available():
         pytest.skip(NEEDS_KERNELS)
     real = torch.nn.functional.conv2d
 

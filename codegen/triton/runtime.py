@@ -1,18 +1,19 @@
-"""Run-time support of the ``triton`` backend: can the kernels run, the fallback notice, and
-the forward of a fused conv node.
+"""Run-time support of the ``triton`` backend: which backend a module is built for, and the
+forward of a fused conv node.
 
-Where the Triton kernels cannot run, the backend runs the same computation with PyTorch ops.
-That decision is made here and nowhere else, and it is announced once per process (a
-``RuntimeWarning`` from :func:`notice`), never silently:
+Where the Triton kernels cannot run, the backend runs the same computation with PyTorch ops;
+:mod:`.support` decides that and gives the one notice per process:
 
 * at build time, :func:`resolve_backend` (called by ``ArchModule``) turns ``"triton"`` into
-  ``"torch"`` when no kernel could run in this process at all: triton is not installed, or
-  there is no CUDA device and Triton's CPU interpreter is off (``TRITON_INTERPRET=1``, read
-  once at import, as the kernel modules do). The module is then built from PyTorch layers;
-* at run time, :func:`fused_conv` falls back for inputs the kernel does not take (a CPU
-  tensor on a CUDA machine, float64, bfloat16 under the interpreter).
+  ``"torch"`` when no kernel could run in this process at all (:func:`.support.available`).
+  The module is then built from PyTorch layers;
+* at run time, :func:`fused_conv` falls back for inputs the kernel does not take
+  (:func:`.support.kernel_can_run`: a CPU tensor on a CUDA machine, float64, bfloat16 under
+  the interpreter).
 
-Importing this module does not import triton.
+Importing this module does not import triton, so a process without it can still build
+modules (for the ``torch`` backend, or the fallback): the kernel module is imported when a
+kernel first runs.
 
 The fused conv node
 -------------------
@@ -46,98 +47,37 @@ what the fused node saves is the BN's and the ReLU's round trips through memory.
 
 from __future__ import annotations
 
-import functools
-import os
-import warnings
 import weakref
 
 import torch
 import torch.nn.functional as F
 
-__all__ = [
-    "available",
-    "fused_conv",
-    "kernel_can_run",
-    "notice",
-    "resolve_backend",
-    "unavailable_reason",
-]
+from archdsl.codegen.fold import fold_bn
+from archdsl.codegen.triton import support
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-_noticed = False  # the fallback notice has been given in this process
-
-
-@functools.lru_cache(maxsize=None)
-def _triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:  # not installed, or an install that cannot load
-        return False
-    return True
-
-
-def unavailable_reason() -> str | None:
-    """Why no Triton kernel can run in this process, or None when they can."""
-    if not _triton_importable():
-        return "the triton package cannot be imported"
-    if not (torch.cuda.is_available() or _INTERPRET):
-        return "no CUDA device (and TRITON_INTERPRET=1 is not set)"
-    return None
-
-
-def available() -> bool:
-    """Whether the Triton kernels can run in this process (on a CUDA device, or on the CPU
-    under Triton's interpreter)."""
-    return unavailable_reason() is None
-
-
-def notice(reason: str) -> None:
-    """Say, once per process, that the triton backend is running PyTorch ops and why."""
-    global _noticed
-    if _noticed:
-        return
-    _noticed = True
-    warnings.warn(f"archdsl: backend 'triton' falls back to PyTorch ops: {reason}",
-                  RuntimeWarning, stacklevel=3)
+__all__ = ["fused_conv", "resolve_backend"]
 
 
 def resolve_backend(backend: str) -> str:
     """The backend a module is built for: ``backend``, except ``"torch"`` for ``"triton"``
     when no kernel can run here (with the notice)."""
     if backend == "triton":
-        reason = unavailable_reason()
+        reason = support.unavailable_reason()
         if reason is not None:
-            notice(reason)
+            support.notice(reason)
             return "torch"
     return backend
-
-
-def kernel_can_run(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the conv kernel takes this input: a CUDA tensor (any CPU tensor under the
-    interpreter, which has no bfloat16) of a kernel dtype, matching the weight's."""
-    if x.dtype not in _KERNEL_DTYPES or x.dtype != weight.dtype:
-        return False
-    if _INTERPRET:
-        return x.dtype != torch.bfloat16 and x.device == weight.device
-    return x.is_cuda and weight.is_cuda
-
-
-def _why_not(x: torch.Tensor, weight: torch.Tensor) -> str:
-    return (f"the conv kernel does not take a {x.dtype} input on {x.device} "
-            f"(weight {weight.dtype} on {weight.device})")
 
 
 def _conv(x: torch.Tensor, conv, weight, bias, relu: bool, residual=None) -> torch.Tensor:
     """``relu?(conv2d(x, weight, bias) + residual?)`` with ``conv``'s stride, padding and
     groups: the Triton kernel where it runs, else F.conv2d (with the notice)."""
-    if kernel_can_run(x, weight):
-        from archdsl.codegen.triton.conv import conv2d
+    if support.kernel_can_run(x, weight):
+        from archdsl.codegen.triton.conv import conv2d  # imports triton: only when a kernel runs
 
         return conv2d(x, weight, bias, tuple(conv.stride), tuple(conv.padding), conv.groups, relu=relu,
                       residual=residual)
-    notice(_why_not(x, weight))
+    support.notice(support.why_not("conv", x, weight))
     y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     if residual is not None:
         y = y + residual
@@ -146,7 +86,7 @@ def _conv(x: torch.Tensor, conv, weight, bias, relu: bool, residual=None) -> tor
 
 def _run(x: torch.Tensor, conv, residual=None) -> torch.Tensor:
     """A FusedConv2d's own forward (kernel, cached packed weight) where the kernel runs."""
-    if kernel_can_run(x, conv.weight):
+    if support.kernel_can_run(x, conv.weight):
         return conv(x, residual)
     return _conv(x, conv, conv.weight, conv.bias, conv.relu, residual)
 
@@ -173,15 +113,12 @@ def _cache_key(conv, bn, relu: bool) -> tuple:
 
 
 def _fold(conv, bn):
-    from archdsl.passes.fold_bn import fold_bn_params
-
-    return fold_bn_params(conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
-                          bn.running_var, bn.eps)
+    return fold_bn(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
 
 
 def _folded_conv(conv, bn, relu: bool):
     """A FusedConv2d with the BN folded into its weight and bias (cached, see the module doc)."""
-    from archdsl.codegen.triton.conv import FusedConv2d
+    from archdsl.codegen.triton.conv import FusedConv2d  # imports triton: see the module doc
 
     key = _cache_key(conv, bn, relu)
     hit = _folded.get(conv)
