@@ -23,7 +23,7 @@ import triton
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from archdsl.codegen.triton import conv
+from archdsl.codegen.triton import conv, conv_check, conv_tuning
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -161,10 +161,10 @@ def test_conv2d_relu_and_output_layout():
 
 
 def test_kernel_selection_by_channels():
-    assert conv.uses_small_c_kernel(3)
-    assert conv.uses_small_c_kernel(conv.SMALL_C_MAX - 1)
-    assert not conv.uses_small_c_kernel(conv.SMALL_C_MAX)
-    assert not conv.uses_small_c_kernel(64)
+    assert conv_tuning.uses_small_c_kernel(3)
+    assert conv_tuning.uses_small_c_kernel(conv_tuning.SMALL_C_MAX - 1)
+    assert not conv_tuning.uses_small_c_kernel(conv_tuning.SMALL_C_MAX)
+    assert not conv_tuning.uses_small_c_kernel(64)
 
 
 def test_pack_weight_layout():
@@ -199,7 +199,7 @@ def test_tile_configs_on_multi_tile_shapes():
         ),
     ]
     for small_c in (False, True):
-        results = conv.validate_configs(
+        results = conv_check.validate_configs(
             2, 20, 40, 7, 5, 3, stride=1, padding=1, groups=1, configs=configs, small_c=small_c,
             dtype=torch.float32, device=DEVICE,
         )  # fmt: skip
@@ -430,7 +430,7 @@ def test_gpu_realistic_shapes(shape, dtype):
 )
 def test_gpu_every_autotune_config(shape, dtype):
     batch, c_in, c_out, h, w, k, stride, padding, groups = shape
-    results = conv.validate_configs(batch, c_in, c_out, h, w, k, stride, padding, groups, dtype=dtype)
+    results = conv_check.validate_configs(batch, c_in, c_out, h, w, k, stride, padding, groups, dtype=dtype)
     bad = [r for r in results if not r.ok]
     assert not bad, "\n".join(f"{r.kernel} {r.config}: {r.note}" for r in bad)
 
@@ -473,39 +473,39 @@ def _tiles(configs):
             for c in configs}
 
 
-BIG = [conv._config(128, 256, 64, 8, 3), conv._config(128, 128, 32, 4, 4), conv._config(128, 128, 64, 8, 4),
-       conv._config(64, 64, 32, 4, 5)]
+BIG = [conv_tuning._config(128, 256, 64, 8, 3), conv_tuning._config(128, 128, 32, 4, 4), conv_tuning._config(128, 128, 64, 8, 4),
+       conv_tuning._config(64, 64, 32, 4, 5)]
 
 
 def test_prune_drops_what_overflows_shared_memory_or_spills():
-    bf16 = conv._prune_general(BIG, _named(torch.bfloat16), HAS_RESIDUAL=False)
+    bf16 = conv_tuning.prune_general(BIG, _named(torch.bfloat16), HAS_RESIDUAL=False)
     assert _tiles(bf16) == _tiles(BIG)
     # A residual tile in the epilogue: 128 accumulators per thread spill, 64 do not.
-    res = conv._prune_general(BIG, _named(torch.bfloat16), HAS_RESIDUAL=True)
+    res = conv_tuning.prune_general(BIG, _named(torch.bfloat16), HAS_RESIDUAL=True)
     assert _tiles(res) == {(128, 128, 64, 8, 4), (64, 64, 32, 4, 5)}
     # fp32 operands: 3 x (128 + 256) x 64 x 4 B = 288 KB of stages, over the 227 KB of an H100.
-    fp32 = conv._prune_general(BIG, _named(torch.float32), HAS_RESIDUAL=False)
+    fp32 = conv_tuning.prune_general(BIG, _named(torch.float32), HAS_RESIDUAL=False)
     assert (128, 256, 64, 8, 3) not in _tiles(fp32) and (64, 64, 32, 4, 5) in _tiles(fp32)
     # The device's own limit decides where it is known (an sm_86 part has 99 KB).
-    small = conv._prune_general(BIG, _named(torch.bfloat16), HAS_RESIDUAL=False, shared_limit=101_376)
+    small = conv_tuning.prune_general(BIG, _named(torch.bfloat16), HAS_RESIDUAL=False, shared_limit=101_376)
     assert _tiles(small) == {(128, 128, 32, 4, 4), (64, 64, 32, 4, 5)}
 
 
 def test_prune_never_leaves_nothing():
-    only_big = [conv._config(256, 128, 64, 8, 3)]
-    kept = conv._prune_general(only_big, _named(torch.float32), HAS_RESIDUAL=True, shared_limit=1024)
+    only_big = [conv_tuning._config(256, 128, 64, 8, 3)]
+    kept = conv_tuning.prune_general(only_big, _named(torch.float32), HAS_RESIDUAL=True, shared_limit=1024)
     assert _tiles(kept) == _tiles(only_big)
-    first = conv._prune_small_c(conv.small_c_configs(), _named(torch.float32, c_in=3, c_out=64, k=7),
+    first = conv_tuning.prune_small_c(conv_tuning.small_c_configs(), _named(torch.float32, c_in=3, c_out=64, k=7),
                                 HAS_RESIDUAL=False)
     assert first
 
 
 def test_small_c_prune_keeps_the_gathers_in_registers():
-    configs = [conv._config(128, 64, 64, 4, 3), conv._config(128, 32, 32, 4, 3), conv._config(64, 128, 32, 4, 3)]
+    configs = [conv_tuning._config(128, 64, 64, 4, 3), conv_tuning._config(128, 32, 32, 4, 3), conv_tuning._config(64, 128, 32, 4, 3)]
     named = _named(torch.float32, c_in=3, c_out=128, k=7)
-    assert _tiles(conv._prune_small_c(configs, named)) == {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
+    assert _tiles(conv_tuning.prune_small_c(configs, named)) == {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
     # 2-byte operands: 64 accumulators and 64 gathered values per thread spill with Triton 3.6.
     named = _named(torch.bfloat16, c_in=3, c_out=128, k=7)
-    assert _tiles(conv._prune_small_c(configs, named)) == {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
-    configs.append(conv._config(128, 64, 32, 4, 3))  # 64 + 32 per thread: fits both
-    assert (128, 64, 32, 4, 3) in _tiles(conv._prune_small_c(configs, named))
+    assert _tiles(conv_tuning.prune_small_c(configs, named)) == {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
+    configs.append(conv_tuning._config(128, 64, 32, 4, 3))  # 64 + 32 per thread: fits both
+    assert (128, 64, 32, 4, 3) in _tiles(conv_tuning.prune_small_c(configs, named))
