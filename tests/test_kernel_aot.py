@@ -23,7 +23,8 @@ import pytest
 import torch
 
 import archdsl
-from archdsl.codegen.triton import aot, conv
+from archdsl.codegen.triton import aot, conv_kernels
+from archdsl.passes import lowering_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,13 +106,13 @@ def _by_layer(items):
 
 
 def test_launches_follow_the_fused_graph_alexnet():
-    graph = archdsl.load("alexnet")
+    graph = lowering_pipeline(archdsl.load("alexnet"), backend="triton")
     items = aot.launches(graph, batch=8)
     convs = [x for x in items if x.what.startswith("conv")]
     lrns = [x for x in items if x.what.startswith("lrn")]
     assert len(convs) == 5 and len(lrns) == 2
-    assert convs[0].kernel is conv.conv2d_fwd_small_c_kernel  # 3 input channels
-    assert all(x.kernel is conv.conv2d_fwd_kernel for x in convs[1:])
+    assert convs[0].kernel is conv_kernels.conv2d_fwd_small_c_kernel  # 3 input channels
+    assert all(x.kernel is conv_kernels.conv2d_fwd_kernel for x in convs[1:])
     assert all(x.meta["HAS_BIAS"] and x.meta["APPLY_RELU"] and not x.meta["HAS_RESIDUAL"] for x in convs)
     assert [x.what for x in convs] == ["conv 11x11/4", "conv 5x5/1 g2", "conv 3x3/1", "conv 3x3/1 g2",
                                        "conv 3x3/1 g2"]
@@ -124,7 +125,7 @@ def test_launches_follow_the_fused_graph_alexnet():
 
 
 def test_launches_of_a_resnet_put_the_residual_in_the_epilogue_only_in_eval():
-    graph = archdsl.load("resnet18")
+    graph = lowering_pipeline(archdsl.load("resnet18"), backend="triton")
     evals = aot.launches(graph, batch=2)
     assert sum(x.meta["HAS_RESIDUAL"] for x in evals) == 8  # one per basic block
     assert all(x.meta["HAS_BIAS"] for x in evals)  # BN folded into a bias

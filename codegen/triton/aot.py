@@ -82,6 +82,9 @@ class Compiled:
     wgmma: bool = False
     async_copies: list[int] = field(default_factory=list)  # widths (bytes) of global->shared copies
     stores: list[int] = field(default_factory=list)  # widths (bytes) of global stores
+    loop_instructions: int | None = None  # SASS instructions per warp per K iteration
+    loop_mma: int = 0  # warpgroup MMA instructions among them
+    issue_share: float | None = None  # issue slots that loop needs at the peak tensor rate
     error: str | None = None
     seconds: float = 0.0
 
@@ -179,11 +182,78 @@ def _triton():
     return triton, GPUTarget, ASTSource, make_backend, create_function_from_signature
 
 
-def _cuobjdump() -> str | None:
+def _cuda_tool(name: str) -> str | None:
+    """A CUDA binary tool: the one shipped in Triton's wheel, else one on PATH."""
     import triton.backends.nvidia as nvidia
 
-    bundled = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
-    return bundled if os.path.exists(bundled) else shutil.which("cuobjdump")
+    bundled = os.path.join(os.path.dirname(nvidia.__file__), "bin", name)
+    return bundled if os.path.exists(bundled) else shutil.which(name)
+
+
+def _run_tool(name: str, args: list[str], cubin: bytes) -> str | None:
+    """``name args kernel.cubin``'s output, or None without the tool."""
+    tool = _cuda_tool(name)
+    if tool is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        return subprocess.run([tool, *args, path], capture_output=True, text=True, check=True).stdout
+
+
+_SASS_LINE = re.compile(r"^\s*(?:(\.L_x_\d+):|/\*[0-9a-f]+\*/\s+(.*?)\s*;)")
+_BRANCH = re.compile(r"\bBRA\b.*\((\.L_x_\d+)\)")
+_MMA = re.compile(r"\b[HQI]GMMA\.")
+
+
+def main_loop(sass: str) -> tuple[int, int] | None:
+    """(instructions, warpgroup MMAs) in the body of the innermost loop of ``sass`` (nvdisasm's
+    text) that issues warpgroup MMAs, i.e. a GEMM kernel's K loop; None without one.
+
+    A loop is a branch back to a label above it; its body runs from the label to the branch,
+    both included. Every instruction counts, predicated-off ones too: they take issue slots.
+    """
+    labels: dict[str, int] = {}
+    code: list[str] = []
+    loops: list[tuple[int, int]] = []
+    for line in sass.splitlines():
+        match = _SASS_LINE.match(line)
+        if match is None:
+            continue
+        label, instr = match.groups()
+        if label:
+            labels[label] = len(code)
+            continue
+        branch = _BRANCH.search(instr)
+        if branch and branch.group(1) in labels:
+            loops.append((labels[branch.group(1)], len(code)))
+        code.append(instr)
+    found = [(end + 1 - start, sum(bool(_MMA.search(i)) for i in code[start:end + 1]))
+             for start, end in loops]
+    found = [f for f in found if f[1]]
+    return min(found) if found else None
+
+
+#: Multiply-adds per clock of one SM's tensor cores, dense, by operand width in bytes (H100 and
+#: H200: 989 TFLOP/s of 16-bit at 1.83 GHz on 132 SMs is 2048; TF32 is half that).
+TENSOR_MACS_PER_CLOCK = {2: 2048, 4: 1024}
+#: Instructions one SM issues per clock: four schedulers, one instruction each.
+ISSUE_PER_CLOCK = 4
+
+
+def issue_share(instructions: int, warps: int, tile_macs: int, elem_bytes: int) -> float:
+    """The fraction of an SM's issue slots a K loop needs to keep its tensor cores at peak.
+
+    One iteration of one CTA does ``tile_macs`` (BLOCK_M x BLOCK_N x BLOCK_K) multiply-adds,
+    which take ``tile_macs / TENSOR_MACS_PER_CLOCK`` clocks at the peak rate, while each of its
+    ``warps`` warps issues ``instructions`` instructions through the SM's four schedulers. Both
+    scale alike with the CTAs resident per SM, so the share does not depend on occupancy. Above
+    1.0 the loop cannot reach the tensor rate however well its latencies hide: issue, not math,
+    bounds it; near 1.0 any stall shows directly as lost tensor time.
+    """
+    clocks = tile_macs / TENSOR_MACS_PER_CLOCK[elem_bytes]
+    return instructions * warps / (ISSUE_PER_CLOCK * clocks)
 
 
 _ASYNC_COPY = re.compile(r"cp\.async\.c[ag]\.shared\.global[^\[]*\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
@@ -203,14 +273,9 @@ _RES_USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:\d+\s+LOCAL:(\d+)")
 
 def _resource_usage(cubin: bytes) -> tuple[int, int]:
     """(registers per thread, local memory bytes per thread) of a cubin's kernel."""
-    tool = _cuobjdump()
-    if tool is None:
+    text = _run_tool("cuobjdump", ["-res-usage"], cubin)
+    if text is None:
         return 0, 0
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "kernel.cubin")
-        with open(path, "wb") as f:
-            f.write(cubin)
-        text = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
     match = _RES_USAGE.search(text)
     if match is None:
         raise AotError(f"cannot read cuobjdump's resource usage:\n{text}")
@@ -283,6 +348,14 @@ def compile_launches(items: Iterable[Launch], *, arch: int = 90, progress=None) 
                 ptx = binary.asm.get("ptx", "")
                 row.wgmma = "wgmma" in ptx
                 row.async_copies, row.stores = _widths(ptx)
+                sass = _run_tool("nvdisasm", ["-c"], binary.asm["cubin"])
+                loop = main_loop(sass) if sass else None
+                if loop is not None:
+                    row.loop_instructions, row.loop_mma = loop
+                    kw = config.kwargs
+                    elem = next(a.element_size() for a in launch.args if isinstance(a, torch.Tensor))
+                    row.issue_share = issue_share(row.loop_instructions, config.num_warps,
+                                                  kw["BLOCK_M"] * kw["BLOCK_N"] * kw["BLOCK_K"], elem)
             row.seconds = time.perf_counter() - start
     return list(rows.values())
 
@@ -349,16 +422,18 @@ def table(rep: Report) -> str:
     if not rep.launches:
         return f"{head}\n\nno kernel launches: the net has no conv or LRN layer"
     cols = ("kernel", "variant", "config", "layers", "smem KB", "regs", "spill B", "wgmma", "copy B", "store B",
-            "status")
+            "instr/K-iter", "issue %", "status")
     body = []
     for r in rep.rows:
         status = "ok" if r.problem(rep.arch) is None else (
             "ERROR" if r.error else "too big" if not r.fits(rep.arch) else "spills")
         body.append((r.kernel.replace("_kernel", ""), r.variant, r.config, _layers(r.layers),
                      f"{r.shared / 1024:.0f}", str(r.registers), str(r.spill), "yes" if r.wgmma else "-",
-                     ",".join(map(str, r.async_copies)) or "-", ",".join(map(str, r.stores)) or "-", status))
+                     ",".join(map(str, r.async_copies)) or "-", ",".join(map(str, r.stores)) or "-",
+                     "-" if r.loop_instructions is None else f"{r.loop_instructions} ({r.loop_mma} mma)",
+                     "-" if r.issue_share is None else f"{100 * r.issue_share:.0f}", status))
     widths = [max(len(c), *(len(row[i]) for row in body)) if body else len(c) for i, c in enumerate(cols)]
-    right = {4, 5, 6}
+    right = {4, 5, 6, 10, 11}
     lines = [head, ""]
     for row in (cols, *body):
         lines.append("  ".join(v.rjust(w) if i in right else v.ljust(w)
