@@ -38,13 +38,11 @@ from dataclasses import dataclass, field
 import torch
 
 from archdsl.codegen.triton import support
+from archdsl.codegen.triton.hopper import MAX_REGISTERS, SHARED_LIMIT, issue_share
 from archdsl.ir import ArchGraph, Op
 
 __all__ = ["Compiled", "Launch", "compile_launches", "launches", "report", "table"]
 
-#: Largest shared memory one block may use (the opt-in limit), bytes, by compute capability.
-SHARED_LIMIT = {80: 166_912, 86: 101_376, 87: 166_912, 89: 101_376, 90: 232_448, 100: 232_448}
-MAX_REGISTERS = 255
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -65,7 +63,24 @@ class Launch:
 
     @property
     def kernel_name(self) -> str:
-        return self.kernel.fn.__name__
+        return jit_function(self.kernel).__name__
+
+
+def _unwrap(kernel) -> tuple[object, dict]:
+    """The ``@triton.jit`` function under an autotuner, and the meta-parameters the
+    ``triton.heuristics`` between them compute."""
+    from triton.runtime.autotuner import Heuristics  # triton only once a kernel is at hand
+
+    values, fn = {}, kernel.fn
+    while isinstance(fn, Heuristics):
+        values.update(fn.values)
+        fn = fn.fn
+    return fn, values
+
+
+def jit_function(kernel):
+    """The ``@triton.jit`` function under an autotuner (and ``triton.heuristics``)."""
+    return _unwrap(kernel)[0]
 
 
 @dataclass
@@ -235,27 +250,6 @@ def main_loop(sass: str) -> tuple[int, int] | None:
     return min(found) if found else None
 
 
-#: Multiply-adds per clock of one SM's tensor cores, dense, by operand width in bytes (H100 and
-#: H200: 989 TFLOP/s of 16-bit at 1.83 GHz on 132 SMs is 2048; TF32 is half that).
-TENSOR_MACS_PER_CLOCK = {2: 2048, 4: 1024}
-#: Instructions one SM issues per clock: four schedulers, one instruction each.
-ISSUE_PER_CLOCK = 4
-
-
-def issue_share(instructions: int, warps: int, tile_macs: int, elem_bytes: int) -> float:
-    """The fraction of an SM's issue slots a K loop needs to keep its tensor cores at peak.
-
-    One iteration of one CTA does ``tile_macs`` (BLOCK_M x BLOCK_N x BLOCK_K) multiply-adds,
-    which take ``tile_macs / TENSOR_MACS_PER_CLOCK`` clocks at the peak rate, while each of its
-    ``warps`` warps issues ``instructions`` instructions through the SM's four schedulers. Both
-    scale alike with the CTAs resident per SM, so the share does not depend on occupancy. Above
-    1.0 the loop cannot reach the tensor rate however well its latencies hide: issue, not math,
-    bounds it; near 1.0 any stall shows directly as lost tensor time.
-    """
-    clocks = tile_macs / TENSOR_MACS_PER_CLOCK[elem_bytes]
-    return instructions * warps / (ISSUE_PER_CLOCK * clocks)
-
-
 _ASYNC_COPY = re.compile(r"cp\.async\.c[ag]\.shared\.global[^\[]*\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
 _STORE = re.compile(r"\bst\.global(?:\.[a-zA-Z0-9_:]+)*?(?:\.v(\d))?\.[bfsu](\d+)\s")
 
@@ -314,7 +308,7 @@ def compile_launches(items: Iterable[Launch], *, arch: int = 90, progress=None) 
     binders = {}
     rows: dict[str, Compiled] = {}
     for launch in items:
-        tuned, fn = launch.kernel, launch.kernel.fn
+        tuned, fn = launch.kernel, jit_function(launch.kernel)
         named = dict(zip(fn.arg_names, launch.args))
         prune_args = dict(launch.meta, shared_limit=SHARED_LIMIT.get(arch))
         configs = tuned.early_config_prune(tuned.configs, named, **prune_args) \
@@ -324,6 +318,8 @@ def compile_launches(items: Iterable[Launch], *, arch: int = 90, progress=None) 
         for config in configs:
             kwargs = dict(launch.meta, **config.kwargs, num_warps=config.num_warps,
                           num_stages=config.num_stages)
+            for name, rule in _unwrap(tuned)[1].items():
+                kwargs[name] = rule({**named, **kwargs})
             bound, specialization, options = binders[fn](*launch.args, **kwargs)
             options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
             key = repr((fn.__name__, signature, sorted(constexprs.items()), sorted(attrs.items()),

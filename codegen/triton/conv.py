@@ -16,7 +16,12 @@ Two kernels share the tiling, the epilogue and the packed weight:
 ``conv2d_fwd_kernel`` (the general case)
     K is walked tap by tap and, inside a tap, in ``BLOCK_K``-wide channel blocks. Every A
     tile is ``BLOCK_M`` pixels x ``BLOCK_K`` consecutive channels of one tap: contiguous,
-    coalesced loads in NHWC, with padding and image borders handled by the load mask.
+    coalesced loads in NHWC, with padding and image borders handled by the load mask. The
+    loop is lean because its issue slots are shared with the tensor cores' feed: the kernel
+    size is a compile-time constant, the loop carries its tap and channel position and both
+    operand pointers (no division), the padding test is one bit per row (precomputed per
+    tile), channel and column masks exist only where the channels do not divide into blocks,
+    and offsets are int32 unless a tensor passes 2**31 elements (chosen at launch).
 
 ``conv2d_fwd_small_c_kernel`` (few input channels per group, e.g. the RGB first layer)
     With ``C_in_g = 3`` a 16-wide channel block would be 3/16 useful. Instead ``BLOCK_K``
@@ -176,13 +181,21 @@ def _nhwc_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     return t.stride(0), t.stride(2), t.stride(3), t.stride(1)
 
 
+def _offset_extent(t: torch.Tensor) -> int:
+    """One past the largest element offset of ``t`` (its strides may have gaps)."""
+    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+
+
 def launch_args(
     x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu, *, small_c=None,
+    index_64=None,
 ):  # fmt: skip
     """The kernel, grid, positional arguments and flags of one conv launch.
 
     Only shapes, strides and dtypes are read, so meta tensors do: :mod:`.aot` compiles the
-    kernels offline from exactly the arguments a real launch would pass.
+    kernels offline from exactly the arguments a real launch would pass. The kernels compute
+    activation offsets in int32 unless one of them can pass 2**31 (``index_64``: default by
+    the tensors' extents; tests force it).
     """
     kh, kw = kernel_size
     n, c_in, h, w = x.shape
@@ -202,24 +215,31 @@ def launch_args(
         x, w_packed, bias if bias is not None else out, res, out,
         n, h, w, h_out, w_out,
         c_in_g, c_out_g, groups,
-        kh, kw, stride[0], stride[1], padding[0], padding[1],
+        stride[0], stride[1], padding[0], padding[1],
         *_nhwc_strides(x),
         *w_packed.stride(),
         *_nhwc_strides(res),
         *_nhwc_strides(out),
     )  # fmt: skip
+    if index_64 is None:
+        index_64 = max(_offset_extent(t) for t in (x, res, out)) >= 2**31
     flags = dict(
+        KH=kh,
+        KW=kw,
         HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None,
         APPLY_RELU=bool(relu),
         ALLOW_TF32=bool(torch.backends.cudnn.allow_tf32),
+        INDEX_64=bool(index_64),
     )
+    if small_c:
+        flags["C_IN"] = c_in_g
     return kernel, grid, args, flags
 
 
 def _launch(
     x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu,
-    *, small_c=None, config=None,
+    *, small_c=None, config=None, index_64=None,
 ):  # fmt: skip
     """Run a kernel on checked arguments; returns ``out`` (channels_last [N, C_out, H_out, W_out]).
 
@@ -229,7 +249,8 @@ def _launch(
     if out.numel() == 0:
         return out
     kernel, grid, args, flags = launch_args(
-        x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu, small_c=small_c
+        x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu, small_c=small_c,
+        index_64=index_64,
     )
     if x.is_cuda and x.device.index != torch.cuda.current_device():
         with torch.cuda.device(x.device):  # Triton launches on the current device
@@ -250,7 +271,7 @@ def _launch_kernel(kernel, grid, args, flags, config):
 
 def _run(
     x, weight, bias, residual, w_packed, stride, padding, groups, relu, out_shape,
-    *, out=None, small_c=None, config=None,
+    *, out=None, small_c=None, config=None, index_64=None,
 ):  # fmt: skip
     """Forward on arguments already checked by ``_check_inputs`` (no autograd)."""
     x = x.contiguous(memory_format=torch.channels_last)
@@ -263,25 +284,26 @@ def _run(
     kernel_size = (weight.shape[2], weight.shape[3])
     return _launch(
         x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu,
-        small_c=small_c, config=config,
+        small_c=small_c, config=config, index_64=index_64,
     )  # fmt: skip
 
 
 def _forward(
     x, weight, bias=None, stride=1, padding=0, groups=1, relu=False, residual=None,
-    *, w_packed=None, out=None, small_c=None, config=None,
+    *, w_packed=None, out=None, small_c=None, config=None, index_64=None,
 ):  # fmt: skip
     """Checked forward without autograd.
 
     The keyword-only arguments serve tests and config validation: a prepacked weight, an
-    output buffer to write into, a forced kernel choice and a fixed tile config.
+    output buffer to write into, a forced kernel choice, a fixed tile config and a forced
+    offset width.
     """
     stride, padding, out_shape = _check_inputs(x, weight, bias, residual, stride, padding, groups)
     if w_packed is None:
         w_packed = pack_weight(weight, groups)
     return _run(
         x, weight, bias, residual, w_packed, stride, padding, groups, relu, out_shape,
-        out=out, small_c=small_c, config=config,
+        out=out, small_c=small_c, config=config, index_64=index_64,
     )  # fmt: skip
 
 

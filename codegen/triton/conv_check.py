@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import triton
 from triton.runtime.errors import OutOfResources
 
+from archdsl.codegen.triton.aot import jit_function
 from archdsl.codegen.triton.conv import _forward, _pair, pack_weight
 from archdsl.codegen.triton.conv_kernels import conv2d_fwd_kernel, conv2d_fwd_small_c_kernel
 from archdsl.codegen.triton.conv_tuning import uses_small_c_kernel
@@ -93,6 +94,7 @@ def validate_configs(
     if small_c is None:
         small_c = uses_small_c_kernel(in_channels // groups)
     kernel = conv2d_fwd_small_c_kernel if small_c else conv2d_fwd_kernel
+    name = jit_function(kernel).__name__
     if configs is None:
         configs = kernel.configs
     tol = _default_tolerance(dtype) if tolerance is None else tolerance
@@ -123,21 +125,21 @@ def validate_configs(
                 w_packed=w_packed, out=out, small_c=small_c, config=config,
             )  # fmt: skip
         except OutOfResources as exc:
-            results.append(ConfigCheck(kernel.fn.__name__, desc, True, float("nan"), f"skipped: {exc}"))
+            results.append(ConfigCheck(name, desc, True, float("nan"), f"skipped: {exc}"))
             continue
         except Exception as exc:  # a compile error is a failed config, not a crash of the check
-            results.append(ConfigCheck(kernel.fn.__name__, desc, False, float("nan"), f"error: {exc!r}"))
+            results.append(ConfigCheck(name, desc, False, float("nan"), f"error: {exc!r}"))
             continue
         y = out.double()
         if torch.isnan(y).any():
             n_bad = int(torch.isnan(y).sum())
             results.append(
-                ConfigCheck(kernel.fn.__name__, desc, False, float("nan"), f"{n_bad} elements NaN/unwritten")
+                ConfigCheck(name, desc, False, float("nan"), f"{n_bad} elements NaN/unwritten")
             )
             continue
         rel = float(torch.linalg.vector_norm(y - y_ref) / torch.linalg.vector_norm(y_ref).clamp_min(1e-30))
         ok = rel <= tol
         results.append(
-            ConfigCheck(kernel.fn.__name__, desc, ok, rel, "" if ok else f"error {rel:.2e} > {tol:.0e}")
+            ConfigCheck(name, desc, ok, rel, "" if ok else f"error {rel:.2e} > {tol:.0e}")
         )
     return results

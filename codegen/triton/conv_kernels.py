@@ -55,20 +55,13 @@ def _output_pixels(pid_m, M, OUT_H, OUT_W, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _window_origin(n, oh, ow, g, C_IN_G, STRIDE_H, STRIDE_W, PAD_H, PAD_W,
-                   stride_xn, stride_xh, stride_xw, stride_xc):
-    """Top-left input pixel (ih0, iw0) of each output pixel's window (negative inside the
-    padding), and the offset in x of its group's first channel -- int64, since N * H * W * C
-    can pass 2**31."""
-    ih0 = oh * STRIDE_H - PAD_H
-    iw0 = ow * STRIDE_W - PAD_W
-    x_rows = (
-        n.to(tl.int64) * stride_xn
-        + ih0.to(tl.int64) * stride_xh
-        + iw0.to(tl.int64) * stride_xw
-        + (g * C_IN_G).to(tl.int64) * stride_xc
-    )
-    return ih0, iw0, x_rows
+def _row_offsets(n, h, w, stride_n, stride_h, stride_w, INDEX_64: tl.constexpr):
+    """Offsets of the pixels (n, h, w) of an activation: int64 where some offset of the
+    tensor passes 2**31 (``INDEX_64``, decided at launch), else int32, half the work."""
+    if INDEX_64:
+        return n.to(tl.int64) * stride_n + h.to(tl.int64) * stride_h + w.to(tl.int64) * stride_w
+    else:
+        return n * stride_n + h * stride_h + w * stride_w
 
 
 @triton.jit
@@ -88,6 +81,7 @@ def _epilogue(
     stride_rn, stride_rh, stride_rw, stride_rc,
     stride_yn, stride_yh, stride_yw, stride_yc,
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, APPLY_RELU: tl.constexpr,
+    INDEX_64: tl.constexpr,
 ):  # fmt: skip
     """acc (fp32) + bias + residual -> ReLU -> cast -> masked store."""
     co = g * C_OUT_G + offs_n  # absolute output channel
@@ -95,16 +89,29 @@ def _epilogue(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + co, mask=mask_n, other=0.0)
         acc += bias.to(tl.float32)[None, :]
-    n64 = n.to(tl.int64)
     if HAS_RESIDUAL:
-        r_rows = n64 * stride_rn + oh.to(tl.int64) * stride_rh + ow.to(tl.int64) * stride_rw
+        r_rows = _row_offsets(n, oh, ow, stride_rn, stride_rh, stride_rw, INDEX_64)
         res = tl.load(res_ptr + r_rows[:, None] + (co * stride_rc)[None, :], mask=mask, other=0.0)
         acc += res.to(tl.float32)
     if APPLY_RELU:
         acc = tl.maximum(acc, 0.0)
-    y_rows = n64 * stride_yn + oh.to(tl.int64) * stride_yh + ow.to(tl.int64) * stride_yw
+    y_rows = _row_offsets(n, oh, ow, stride_yn, stride_yh, stride_yw, INDEX_64)
     y_ptrs = y_ptr + y_rows[:, None] + (co * stride_yc)[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _tap_mask_bits(ih0, iw0, mask_m, IN_H, IN_W, KH: tl.constexpr, KW: tl.constexpr):
+    """For each row, bit ``r * KW + s`` set where tap (r, s) of its window lies inside the
+    image (and the row inside the GEMM): the padding test, done once per tile so that the K
+    loop reads one bit per row instead of comparing four coordinates. KH * KW <= 32."""
+    bits = tl.zeros_like(ih0)
+    for r in tl.static_range(KH):
+        h_ok = mask_m & (ih0 + r >= 0) & (ih0 + r < IN_H)
+        for s in tl.static_range(KW):
+            ok = h_ok & (iw0 + s >= 0) & (iw0 + s < IN_W)
+            bits = bits | (ok.to(tl.int32) << (r * KW + s))
+    return bits
 
 
 @triton.autotune(
@@ -112,6 +119,11 @@ def _epilogue(
     key=AUTOTUNE_KEY,
     prune_configs_by={"early_config_prune": prune_general},
 )
+@triton.heuristics({
+    # Whole channel blocks and whole N tiles: the K loop needs no channel or column masks.
+    "EVEN_K": lambda a: a["C_IN_G"] % a["BLOCK_K"] == 0,
+    "EVEN_N": lambda a: a["C_OUT_G"] % a["BLOCK_N"] == 0,
+})  # fmt: skip
 @triton.jit(do_not_specialize=NO_SPECIALIZE)
 def conv2d_fwd_kernel(
     # Pointers: x [N, H, W, C_in] (any strides, NHWC in practice); w packed [G, KH*KW*C_in_g,
@@ -121,60 +133,97 @@ def conv2d_fwd_kernel(
     # Problem sizes
     BATCH, IN_H, IN_W, OUT_H, OUT_W,
     C_IN_G, C_OUT_G, GROUPS,  # channels per group, number of groups
-    KH, KW, STRIDE_H, STRIDE_W, PAD_H, PAD_W,
+    STRIDE_H, STRIDE_W, PAD_H, PAD_W,
     # Strides, in elements
     stride_xn, stride_xh, stride_xw, stride_xc,
     stride_wg, stride_wk, stride_wn,
     stride_rn, stride_rh, stride_rw, stride_rc,
     stride_yn, stride_yh, stride_yw, stride_yc,
     # Meta-parameters
+    KH: tl.constexpr, KW: tl.constexpr,  # kernel size: the tap walk unrolls its arithmetic
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, APPLY_RELU: tl.constexpr,
     ALLOW_TF32: tl.constexpr,
+    INDEX_64: tl.constexpr,  # some activation offset passes 2**31: int64 row offsets
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr,  # tile swizzle, unrelated to conv groups
+    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,  # set by the heuristics above
 ):  # fmt: skip
-    """Implicit-GEMM convolution; K walked as (r, s, channel block)."""
+    """Implicit-GEMM convolution; K walked as (r, s, channel block).
+
+    The loop carries its position (tap r, s; channel offset c0) and both operand pointers,
+    and advances them by increments computed on scalars, so the per-element work of an
+    iteration is two pointer additions, the padding bit and the loads: no division, no
+    per-element index arithmetic.
+    """
     M = BATCH * OUT_H * OUT_W
     pid_m, pid_n, g = _tile_ids(M, C_OUT_G, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
     n, oh, ow, mask_m = _output_pixels(pid_m, M, OUT_H, OUT_W, BLOCK_M)
-
-    ih0, iw0, x_rows = _window_origin(n, oh, ow, g, C_IN_G, STRIDE_H, STRIDE_W, PAD_H, PAD_W,
-                                      stride_xn, stride_xh, stride_xw, stride_xc)
+    ih0 = oh * STRIDE_H - PAD_H
+    iw0 = ow * STRIDE_W - PAD_W
+    # The group's first channel: a scalar below C_in * stride_xc, which int32 holds.
+    x_rows = _row_offsets(n, ih0, iw0, stride_xn, stride_xh, stride_xw, INDEX_64) + g * C_IN_G * stride_xc
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < C_OUT_G
     offs_k = tl.arange(0, BLOCK_K)
-    # The packed weight is small (< 2**31 elements), so int32 offsets suffice there.
-    w_cols = w_ptr + g * stride_wg + offs_n[None, :] * stride_wn
+    # A at tap (0, 0), channel 0; B at packed row 0. The packed weight is small (< 2**31
+    # elements): int32 offsets there.
+    a_ptrs = x_ptr + x_rows[:, None] + (offs_k * stride_xc)[None, :]
+    b_ptrs = w_ptr + g * stride_wg + (offs_k * stride_wk)[:, None] + (offs_n * stride_wn)[None, :]
+    if KH * KW <= 32:
+        tap_bits = _tap_mask_bits(ih0, iw0, mask_m, IN_H, IN_W, KH, KW)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # One flat loop over (tap, channel block) rather than nested loops: the software
     # pipeliner only overlaps the innermost loop, and a 1x1 or 3x3 layer has just a few
     # channel blocks per tap.
     num_cb = tl.cdiv(C_IN_G, BLOCK_K)
-    for it in range(0, KH * KW * num_cb):
-        rs = it // num_cb
-        c0 = (it - rs * num_cb) * BLOCK_K
-        r = rs // KW
-        s = rs - r * KW
-        ih = ih0 + r
-        iw = iw0 + s
-        row_ok = mask_m & (ih >= 0) & (ih < IN_H) & (iw >= 0) & (iw < IN_W)
-        c = c0 + offs_k
-        k_ok = c < C_IN_G
-        # A: BLOCK_M pixels x BLOCK_K consecutive channels of tap (r, s).
-        tap = r.to(tl.int64) * stride_xh + s.to(tl.int64) * stride_xw
-        a_ptrs = x_ptr + (x_rows + tap)[:, None] + (c * stride_xc)[None, :]
-        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        # B: rows (r, s, c) of the packed weight, BLOCK_N consecutive output channels.
-        b_ptrs = w_cols + (rs * C_IN_G + c)[:, None] * stride_wk
-        b = tl.load(b_ptrs, mask=k_ok[:, None] & mask_n[None, :], other=0.0)
+    r = 0
+    s = 0
+    rs = 0
+    c0 = 0
+    for _ in range(0, KH * KW * num_cb):
+        if KH * KW <= 32:
+            row_ok = ((tap_bits >> rs) & 1) != 0
+        else:  # too many taps for one word of bits: compare the coordinates
+            ih = ih0 + r
+            iw = iw0 + s
+            row_ok = mask_m & (ih >= 0) & (ih < IN_H) & (iw >= 0) & (iw < IN_W)
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            if EVEN_N:
+                b = tl.load(b_ptrs)
+            else:
+                b = tl.load(b_ptrs, mask=mask_n[None, :], other=0.0)
+        else:
+            k_ok = c0 + offs_k < C_IN_G
+            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            if EVEN_N:
+                b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
+            else:
+                b = tl.load(b_ptrs, mask=k_ok[:, None] & mask_n[None, :], other=0.0)
         acc = _mma(a, b, acc, ALLOW_TF32)
+        # Next channel block, or the first of the next tap (s, then r, wraps).
+        next_c = c0 + BLOCK_K
+        new_tap = next_c >= C_IN_G
+        new_row = new_tap & (s == KW - 1)
+        a_step = tl.where(new_tap,
+                          tl.where(new_row, stride_xh - (KW - 1) * stride_xw, stride_xw) - c0 * stride_xc,
+                          BLOCK_K * stride_xc)
+        # The packed weight's K index is (r * KW + s) * C_IN_G + c: the next tap's rows follow
+        # this tap's last one.
+        b_rows = tl.where(new_tap, C_IN_G - c0, BLOCK_K)
+        a_ptrs += a_step
+        b_ptrs += b_rows * stride_wk
+        c0 = tl.where(new_tap, 0, next_c)
+        rs += new_tap.to(tl.int32)
+        s = tl.where(new_tap, tl.where(new_row, 0, s + 1), s)
+        r += new_row.to(tl.int32)
 
     _epilogue(
         acc, bias_ptr, res_ptr, y_ptr, n, oh, ow, mask_m, offs_n, mask_n, g, C_OUT_G,
         stride_rn, stride_rh, stride_rw, stride_rc, stride_yn, stride_yh, stride_yw, stride_yc,
-        HAS_BIAS, HAS_RESIDUAL, APPLY_RELU,
+        HAS_BIAS, HAS_RESIDUAL, APPLY_RELU, INDEX_64,
     )  # fmt: skip
 
 
@@ -190,26 +239,31 @@ def conv2d_fwd_small_c_kernel(
     # Problem sizes
     BATCH, IN_H, IN_W, OUT_H, OUT_W,
     C_IN_G, C_OUT_G, GROUPS,
-    KH, KW, STRIDE_H, STRIDE_W, PAD_H, PAD_W,
+    STRIDE_H, STRIDE_W, PAD_H, PAD_W,
     # Strides, in elements
     stride_xn, stride_xh, stride_xw, stride_xc,
     stride_wg, stride_wk, stride_wn,
     stride_rn, stride_rh, stride_rw, stride_rc,
     stride_yn, stride_yh, stride_yw, stride_yc,
     # Meta-parameters
+    KH: tl.constexpr, KW: tl.constexpr,
+    C_IN: tl.constexpr,  # = C_IN_G: the (r, s, c) decomposition divides by constants
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, APPLY_RELU: tl.constexpr,
     ALLOW_TF32: tl.constexpr,
+    INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr,
 ):  # fmt: skip
     """Implicit-GEMM convolution for few input channels; K walked as flat (r, s, c) blocks."""
     M = BATCH * OUT_H * OUT_W
+    # The loop bound is the run-time C_IN_G (= C_IN): with a constant trip count the compiler
+    # unrolls the loop and the gathered tiles of several iterations spill.
     K_G = KH * KW * C_IN_G
     pid_m, pid_n, g = _tile_ids(M, C_OUT_G, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
     n, oh, ow, mask_m = _output_pixels(pid_m, M, OUT_H, OUT_W, BLOCK_M)
-
-    ih0, iw0, x_rows = _window_origin(n, oh, ow, g, C_IN_G, STRIDE_H, STRIDE_W, PAD_H, PAD_W,
-                                      stride_xn, stride_xh, stride_xw, stride_xc)
+    ih0 = oh * STRIDE_H - PAD_H
+    iw0 = ow * STRIDE_W - PAD_W
+    x_rows = _row_offsets(n, ih0, iw0, stride_xn, stride_xh, stride_xw, INDEX_64) + g * C_IN * stride_xc
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < C_OUT_G
@@ -219,11 +273,11 @@ def conv2d_fwd_small_c_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K_G, BLOCK_K):
         # Decompose each K index of the block into its own (r, s, c): one [BLOCK_K] vector
-        # of div/mod per iteration, then a gather of BLOCK_M x BLOCK_K elements.
+        # of divisions by constants per iteration, then a gather of BLOCK_M x BLOCK_K elements.
         k = k0 + offs_k
         k_ok = k < K_G
-        c = k % C_IN_G
-        rs = k // C_IN_G
+        c = k % C_IN
+        rs = k // C_IN
         r = rs // KW
         s = rs - r * KW
         ih = ih0[:, None] + r[None, :]
@@ -238,6 +292,6 @@ def conv2d_fwd_small_c_kernel(
     _epilogue(
         acc, bias_ptr, res_ptr, y_ptr, n, oh, ow, mask_m, offs_n, mask_n, g, C_OUT_G,
         stride_rn, stride_rh, stride_rw, stride_rc, stride_yn, stride_yh, stride_yw, stride_yc,
-        HAS_BIAS, HAS_RESIDUAL, APPLY_RELU,
+        HAS_BIAS, HAS_RESIDUAL, APPLY_RELU, INDEX_64,
     )  # fmt: skip
 

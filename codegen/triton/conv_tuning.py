@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from archdsl.codegen.triton.hopper import SHARED_LIMIT, issue_share
 from archdsl.codegen.triton.support import INTERPRET
 
 __all__ = [
@@ -98,7 +99,7 @@ def _next_pow2(n: int) -> int:
 
 # Shared memory one block may use when the device cannot be asked (offline, under the
 # interpreter): the H100's opt-in limit, 227 KB.
-_DEFAULT_SHARED_LIMIT = 232_448
+_DEFAULT_SHARED_LIMIT = SHARED_LIMIT[90]
 
 
 def _shared_limit(named_args, kwargs) -> int:
@@ -117,19 +118,42 @@ def _per_thread(config, rows, cols) -> int:
     return rows * cols // (32 * config.num_warps)
 
 
-def _fits_general(config, elem_bytes, residual, shared_limit) -> bool:
-    """Whether a general-kernel config fits the device, judged as sm_90's compiler does.
+def loop_instructions(config, elem_bytes: int, even_k: bool = True) -> float:
+    """The SASS instructions per warp in one iteration of the general kernel's K loop, as
+    modelled from ``archdsl kernels`` (sm_90, Triton 3.8, bf16 VGG-16, ResNet-50 and AlexNet
+    layers): about 50 fixed (the MMAs, barriers, the tap walk on scalars), plus for each
+    16-byte vector a thread copies per iteration about 10.5 for the activation operand
+    (address, padding bit, predicate) and 3 for the weight operand (address only), and about
+    3.5 more per vector of either when the channel blocks do not divide the channels
+    (``even_k`` false: a channel mask). Within 10 of every measured config."""
+    kw = config.kwargs
+    threads = 32 * config.num_warps
+    a_vectors = kw["BLOCK_M"] * kw["BLOCK_K"] * elem_bytes / 16 / threads
+    b_vectors = kw["BLOCK_K"] * kw["BLOCK_N"] * elem_bytes / 16 / threads
+    return 50 + 10.5 * a_vectors + 3 * b_vectors + (0 if even_k else 3.5 * (a_vectors + b_vectors))
+
+
+def _fits_general(config, elem_bytes, residual, shared_limit, c_in_g: int) -> bool:
+    """Whether a general-kernel config fits the device and its tensor rate, judged as sm_90's
+    compiler does.
 
     Shared memory is exact: each pipeline stage holds a BLOCK_M x BLOCK_K tile of x and a
     BLOCK_K x BLOCK_N tile of the weight. Registers: the fp32 accumulator takes
     BLOCK_M * BLOCK_N / threads of them; at 128 per thread the kernel compiles spill-free
     with 2-byte operands, but spills with 4-byte (tf32) operands or with a residual tile
     loaded in the epilogue, where 64 is the most that fits (measured with ``archdsl kernels``).
+    Issue: a tile whose K loop (:func:`loop_instructions`) needs more of the SM's issue slots
+    than the peak tensor rate leaves (:func:`.hopper.issue_share` above 1) cannot keep the
+    tensor cores busy, so a bigger tile serves the layer better.
     """
     kw = config.kwargs
     smem = config.num_stages * (kw["BLOCK_M"] + kw["BLOCK_N"]) * kw["BLOCK_K"] * elem_bytes
     acc = _per_thread(config, kw["BLOCK_M"], kw["BLOCK_N"])
-    return smem <= shared_limit and acc <= (128 if elem_bytes == 2 and not residual else 64)
+    even_k = c_in_g % kw["BLOCK_K"] == 0
+    share = issue_share(loop_instructions(config, elem_bytes, even_k), config.num_warps,
+                        kw["BLOCK_M"] * kw["BLOCK_N"] * kw["BLOCK_K"], elem_bytes)
+    return (smem <= shared_limit and acc <= (128 if elem_bytes == 2 and not residual else 64)
+            and share <= 1.0)
 
 
 def _fits_small_c(config, elem_bytes, residual, shared_limit) -> bool:
@@ -164,11 +188,13 @@ def _prune(configs, named_args, kwargs, k_extent, fits):
 
 
 def prune_general(configs, named_args, **kwargs):
-    return _prune(configs, named_args, kwargs, named_args["C_IN_G"], _fits_general)
+    c_in_g = named_args["C_IN_G"]
+    return _prune(configs, named_args, kwargs, c_in_g,
+                  lambda *args: _fits_general(*args, c_in_g=c_in_g))
 
 
 def prune_small_c(configs, named_args, **kwargs):
-    k_extent = named_args["KH"] * named_args["KW"] * named_args["C_IN_G"]
+    k_extent = kwargs["KH"] * kwargs["KW"] * named_args["C_IN_G"]
     return _prune(configs, named_args, kwargs, k_extent, _fits_small_c)
 
 
@@ -183,6 +209,6 @@ AUTOTUNE_KEY = [
 # Channel counts and strides stay specialised: they decide whether loads vectorise.
 NO_SPECIALIZE = [
     "BATCH", "IN_H", "IN_W", "OUT_H", "OUT_W", "GROUPS",
-    "KH", "KW", "STRIDE_H", "STRIDE_W", "PAD_H", "PAD_W",
+    "STRIDE_H", "STRIDE_W", "PAD_H", "PAD_W",
 ]  # fmt: skip
 
