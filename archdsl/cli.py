@@ -266,10 +266,11 @@ def _kernels(args) -> int:
     graph = _load(args)
     try:
         from archdsl.codegen.triton import aot
+        from archdsl.pipeline import lower_graph
 
         if args.batch < 1:
             raise ValueError(f"--batch must be positive, got {args.batch}")
-        rep = aot.report(graph, arch=args.arch, dtype=args.dtype, batch=args.batch, training=args.training)
+        rep = aot.report(lower_graph(graph, "triton"), arch=args.arch, dtype=args.dtype, batch=args.batch, training=args.training)
     except (ImportError, ValueError, RuntimeError) as err:  # aot.AotError is a RuntimeError
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -205,8 +205,10 @@ def matmul_ceiling_tflops(cuda_graph: bool) -> float:
     return 2 * n**3 / (ms["matmul"] * 1e-3) / 1e12
 
 
-def validate_all_configs(conv) -> None:
+def validate_all_configs() -> None:
     """Run every autotune config of both kernels (and a grouped layer) and stop on a bad one."""
+    from archdsl.codegen.triton import conv_check  # after common.start set the mode
+
     checks = [
         dict(
             batch=4, in_channels=64, out_channels=96, height=23, width=19, kernel_size=3, stride=1, padding=1
@@ -222,7 +224,7 @@ def validate_all_configs(conv) -> None:
     for kw in checks:
         if DEVICE != "cuda":  # the interpreter: the same kinds of layer, smaller
             kw = dict(kw, batch=1, height=min(kw["height"], 9), width=min(kw["width"], 9))
-        for res in conv.validate_configs(**kw, dtype=DTYPE, device=DEVICE):
+        for res in conv_check.validate_configs(**kw, dtype=DTYPE, device=DEVICE):
             status = "ok " if res.ok else "BAD"
             print(
                 f"  {status} {res.kernel:27s} {res.config:70s} err={res.rel_err:.2e} {res.note}", flush=True
@@ -258,8 +260,10 @@ def check_correct(y: torch.Tensor, x, w, b, shape: ConvShape, where: str) -> flo
 
 def chosen_tile(conv, shape: ConvShape) -> str:
     """The config the autotuner picked for the last launch, e.g. 'small-C 128x64x32 w4 s3'."""
-    small_c = conv.uses_small_c_kernel(shape.c_in // shape.groups)
-    kernel = conv.conv2d_fwd_small_c_kernel if small_c else conv.conv2d_fwd_kernel
+    from archdsl.codegen.triton import conv_kernels, conv_tuning  # after common.start set the mode
+
+    small_c = conv_tuning.uses_small_c_kernel(shape.c_in // shape.groups)
+    kernel = conv_kernels.conv2d_fwd_small_c_kernel if small_c else conv_kernels.conv2d_fwd_kernel
     best = getattr(kernel, "best_config", None)
     if best is None:
         return "-"
@@ -406,7 +410,7 @@ def main(argv=None) -> int:
     if not args.no_validate:
         print("\nRunning every autotune config against F.conv2d:", flush=True)
         t0 = time.time()
-        validate_all_configs(conv)
+        validate_all_configs()
         print(f"all configs ok ({time.time() - t0:.0f}s)\n", flush=True)
 
     out_dir = os.environ.get("OUT")

@@ -48,7 +48,9 @@ def main(argv=None) -> int:
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--batch", type=int, default=64)
     args = p.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    from archdsl.codegen.triton import support
+
+    if support.INTERPRET:
         p.error("run with TRITON_INTERPRET unset: compiling needs Triton's compiler")
 
     # A cache of its own, so that the compile times are those of a cold start.
@@ -58,10 +60,11 @@ def main(argv=None) -> int:
 
     import archdsl
     from archdsl.codegen.triton import aot
+    from archdsl.pipeline import lower_graph
 
     rows = []
     for spec, dtype, training in CASES:
-        rep = aot.report(archdsl.load(spec), arch=args.arch, dtype=dtype, batch=args.batch, training=training)
+        rep = aot.report(lower_graph(archdsl.load(spec), "triton"), arch=args.arch, dtype=dtype, batch=args.batch, training=training)
         convs = [r for r in rep.rows if r.kernel.startswith("conv2d")]
         regs = [r.registers for r in rep.rows]
         smem = [r.shared for r in rep.rows]

@@ -23,7 +23,8 @@ import pytest
 import torch
 
 import archdsl
-from archdsl.codegen.triton import aot, conv
+from archdsl.codegen.triton import aot, conv_kernels
+from archdsl.pipeline import lower_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +50,15 @@ CASES = [
 ]
 
 
+# The K loop's issue budget. Above 100 % of the SM's issue slots at the peak tensor rate the
+# loop cannot feed the tensor cores however well its latencies hide, so no kept config may
+# need more. The main-layer tiles (128x128, 128x256: VGG's and ResNet's 128-512-channel
+# layers, where the time goes) must stay within 180 instructions per K iteration, about 70 %
+# and 35 % of the slots: the rest is what hides the copies' and barriers' latencies.
+MAX_ISSUE_SHARE = 1.0
+MAX_MAIN_TILE_INSTRUCTIONS = 180
+
+
 @pytest.mark.parametrize("spec, dtype, training", CASES, ids=[f"{s}-{d}{'-train' * t}" for s, d, t in CASES])
 def test_every_kept_config_compiles_for_sm90_fits_and_does_not_spill(spec, dtype, training):
     proc = _kernels(spec, "--dtype", dtype, *(["--training"] if training else []), "--json", "--check")
@@ -69,6 +79,11 @@ def test_every_kept_config_compiles_for_sm90_fits_and_does_not_spill(spec, dtype
             # Both operand tiles reach shared memory as 16-byte async copies, in every dtype
             # (fp32 needs its weight K-contiguous for that: pack_weight).
             assert row["async_copies"] == [16], row
+            # The K loop was found in the SASS, and it leaves the tensor rate room to issue.
+            assert row["loop_instructions"] and row["loop_mma"] >= 2, row
+            assert row["issue_share"] <= MAX_ISSUE_SHARE, row
+            if row["config"].startswith(("128x128x", "128x256x")):
+                assert row["loop_instructions"] <= MAX_MAIN_TILE_INSTRUCTIONS, row
         if row["kernel"] == "_lrn_fwd_kernel":
             assert row["stores"] == [16], row
     # Every launch of the net has compiled configs of its own kernel.
@@ -105,26 +120,27 @@ def _by_layer(items):
 
 
 def test_launches_follow_the_fused_graph_alexnet():
-    graph = archdsl.load("alexnet")
+    graph = lower_graph(archdsl.load("alexnet"), "triton")
     items = aot.launches(graph, batch=8)
     convs = [x for x in items if x.what.startswith("conv")]
     lrns = [x for x in items if x.what.startswith("lrn")]
     assert len(convs) == 5 and len(lrns) == 2
-    assert convs[0].kernel is conv.conv2d_fwd_small_c_kernel  # 3 input channels
-    assert all(x.kernel is conv.conv2d_fwd_kernel for x in convs[1:])
+    assert convs[0].kernel is conv_kernels.conv2d_fwd_small_c_kernel  # 3 input channels
+    assert all(x.kernel is conv_kernels.conv2d_fwd_kernel for x in convs[1:])
     assert all(x.meta["HAS_BIAS"] and x.meta["APPLY_RELU"] and not x.meta["HAS_RESIDUAL"] for x in convs)
     assert [x.what for x in convs] == ["conv 11x11/4", "conv 5x5/1 g2", "conv 3x3/1", "conv 3x3/1 g2",
                                        "conv 3x3/1 g2"]
     # The launch arguments are the kernel's: batch first among the sizes, then the image.
     named = dict(zip(convs[0].kernel.fn.arg_names, convs[0].args))
-    assert (named["BATCH"], named["IN_H"], named["C_IN_G"], named["KH"], named["STRIDE_H"]) == (8, 224, 3, 11, 4)
+    assert (named["BATCH"], named["IN_H"], named["C_IN_G"], named["STRIDE_H"]) == (8, 224, 3, 4)
+    assert (convs[0].meta["KH"], convs[0].meta["C_IN"], convs[1].meta["KW"]) == (11, 3, 5)  # constexpr
     assert named["x_ptr"].is_meta and named["x_ptr"].is_contiguous(memory_format=torch.channels_last)
     training = aot.launches(graph, batch=8, training=True)
     assert sum(x.what.endswith("backward") for x in training) == 2
 
 
 def test_launches_of_a_resnet_put_the_residual_in_the_epilogue_only_in_eval():
-    graph = archdsl.load("resnet18")
+    graph = lower_graph(archdsl.load("resnet18"), "triton")
     evals = aot.launches(graph, batch=2)
     assert sum(x.meta["HAS_RESIDUAL"] for x in evals) == 8  # one per basic block
     assert all(x.meta["HAS_BIAS"] for x in evals)  # BN folded into a bias
@@ -133,3 +149,42 @@ def test_launches_of_a_resnet_put_the_residual_in_the_epilogue_only_in_eval():
     train = aot.launches(graph, batch=2, training=True)
     assert len(train) == len(evals)
     assert not any(x.meta["HAS_RESIDUAL"] or x.meta["APPLY_RELU"] or x.meta["HAS_BIAS"] for x in train)
+
+
+# --------------------------------------------------------------------------------------------
+# The K loop in the SASS, and what it implies at the tensor rate
+# --------------------------------------------------------------------------------------------
+
+SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_0:
+        /*0010*/                   IADD3 R2, R2, 0x1, RZ ;
+.L_x_1:
+        /*0020*/                   LDGSTS.E.BYPASS.128 [R3], desc[UR4][R4.64], P0 ;
+        /*0030*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8], R24 ;
+        /*0040*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR12], R24, gsb0 ;
+        /*0050*/              @!PT LDS RZ, [RZ] ;
+        /*0060*/               @P1 BRA `(.L_x_1) ;
+        /*0070*/                   ISETP.NE.AND P2, PT, R2, 0x8, PT ;
+        /*0080*/               @P2 BRA `(.L_x_0) ;
+.L_x_2:
+        /*0090*/                   STG.E.128 desc[UR4][R6.64], R8 ;
+        /*00a0*/                   BRA `(.L_x_2);
+"""
+
+
+def test_main_loop_is_the_innermost_loop_with_warpgroup_mmas():
+    # .L_x_1 .. its branch: 5 instructions, 2 MMAs; the outer loop and the trailing
+    # self-branch (no MMA) are not it. Predicated-off instructions count: they issue.
+    assert aot.main_loop(SASS) == (5, 2)
+    assert aot.main_loop(SASS.replace("HGMMA", "HMMA")) is None  # no warpgroup MMA: no K loop
+
+
+def test_issue_share_at_the_tensor_rate():
+    from archdsl.codegen.triton.hopper import issue_share
+
+    # 247 instructions per warp on 8 warps around a 128x128x64 bf16 tile: 512 clocks of
+    # tensor work against 1976 issue slots of the 2048 the SM's 4 schedulers have then.
+    assert issue_share(247, 8, 128 * 128 * 64, 2) == pytest.approx(1976 / 2048)
+    # TF32 runs at half the rate: the same loop has twice the clocks to issue in.
+    assert issue_share(247, 8, 128 * 128 * 64, 4) == pytest.approx(1976 / 4096)

@@ -23,7 +23,7 @@ import triton
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from archdsl.codegen.triton import conv
+from archdsl.codegen.triton import conv, conv_check, conv_tuning
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -105,6 +105,14 @@ CASES = {
     "rect_3x5_s21_p12": (1, 16, 8, 7, 8, (3, 5), (2, 1), (1, 2), 1, True, True, True),
     # A 5x5 kernel on a 2x3 image: every window is mostly padding.
     "all_padding_edge": (1, 4, 4, 2, 3, 5, 1, 2, 1, True, False, False),
+    # Whole channel blocks and N tiles (the interpreter tile is 32x16x16): the general
+    # kernel's loads without channel or column masks, alone and each with the other's mask.
+    "even_k_even_n": (1, 32, 32, 5, 6, 3, 1, 1, 1, True, True, True),
+    "even_k_odd_n": (2, 16, 20, 6, 5, 3, 2, 1, 1, True, False, True),
+    "odd_k_even_n": (1, 20, 16, 5, 5, 3, 1, 1, 1, False, True, True),
+    "even_1x1_groups2": (1, 32, 32, 3, 5, 1, 1, 0, 2, True, True, False),
+    # 49 taps: more than one word of padding bits, so the loop compares coordinates.
+    "7x7_even_k": (1, 16, 16, 9, 8, 7, 1, 3, 1, True, False, True),
 }
 
 
@@ -122,6 +130,34 @@ def test_matches_f_conv2d(case, small_c, dtype):
     y = conv._forward(x, wt, b, stride, padding, groups, relu, r, out=out, small_c=small_c)
     assert y is out
     _assert_close(y, ref, dtype)
+
+
+@pytest.mark.parametrize("small_c", [False, True], ids=["general", "small_c"])
+@pytest.mark.parametrize("index_64", [False, True], ids=["int32", "int64"])
+def test_offset_widths_give_the_same_result(index_64, small_c):
+    """Both offset widths compute the same thing (past 2**31 only int64 is right: the GPU test
+    below; the launch picks int64 only there, which the test after this one checks)."""
+    x, wt, b, r = _problem(2, 16, 16, 7, 6, 3, 1, dtype=torch.float32, residual=True, padding=1, seed=11)
+    ref = _reference(x, wt, b, 1, 1, 1, True, r)
+    y = conv._forward(x, wt, b, 1, 1, 1, True, r, out=_poisoned(ref.shape, torch.float32), small_c=small_c,
+                      index_64=index_64)
+    _assert_close(y, ref, torch.float32)
+
+
+def test_launch_picks_int64_offsets_only_past_2_31():
+    def flags(n, c, hw, k=3):
+        x = torch.empty(n, c, hw, hw, device="meta").to(memory_format=torch.channels_last)
+        w = conv.pack_weight(torch.empty(c, c, k, k, device="meta"))
+        y = torch.empty(n, c, hw - k + 1, hw - k + 1, device="meta").to(memory_format=torch.channels_last)
+        return conv.launch_args(x, w, None, None, y, (k, k), (1, 1), (0, 0), 1, False)[3]
+
+    assert flags(64, 64, 224)["INDEX_64"] is False  # 2.06e8 elements
+    assert flags(64, 256, 1024)["INDEX_64"] is True  # 1.7e10 elements
+    # 2**31 - 1 is the last offset int32 holds: an input of exactly 2**31 elements needs int64.
+    assert flags(1, 2**13, 2**9)["INDEX_64"] is True
+    assert flags(1, 2**13, 2**9 - 1)["INDEX_64"] is False
+    assert flags(2, 8, 8)["KH"] == 3 and "C_IN" not in flags(2, 16, 8)
+    assert flags(2, 3, 8)["C_IN"] == 3  # the small-C kernel divides by a constant
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -161,10 +197,10 @@ def test_conv2d_relu_and_output_layout():
 
 
 def test_kernel_selection_by_channels():
-    assert conv.uses_small_c_kernel(3)
-    assert conv.uses_small_c_kernel(conv.SMALL_C_MAX - 1)
-    assert not conv.uses_small_c_kernel(conv.SMALL_C_MAX)
-    assert not conv.uses_small_c_kernel(64)
+    assert conv_tuning.uses_small_c_kernel(3)
+    assert conv_tuning.uses_small_c_kernel(conv_tuning.SMALL_C_MAX - 1)
+    assert not conv_tuning.uses_small_c_kernel(conv_tuning.SMALL_C_MAX)
+    assert not conv_tuning.uses_small_c_kernel(64)
 
 
 def test_pack_weight_layout():
@@ -199,7 +235,7 @@ def test_tile_configs_on_multi_tile_shapes():
         ),
     ]
     for small_c in (False, True):
-        results = conv.validate_configs(
+        results = conv_check.validate_configs(
             2, 20, 40, 7, 5, 3, stride=1, padding=1, groups=1, configs=configs, small_c=small_c,
             dtype=torch.float32, device=DEVICE,
         )  # fmt: skip
@@ -430,7 +466,7 @@ def test_gpu_realistic_shapes(shape, dtype):
 )
 def test_gpu_every_autotune_config(shape, dtype):
     batch, c_in, c_out, h, w, k, stride, padding, groups = shape
-    results = conv.validate_configs(batch, c_in, c_out, h, w, k, stride, padding, groups, dtype=dtype)
+    results = conv_check.validate_configs(batch, c_in, c_out, h, w, k, stride, padding, groups, dtype=dtype)
     bad = [r for r in results if not r.ok]
     assert not bad, "\n".join(f"{r.kernel} {r.config}: {r.note}" for r in bad)
 
@@ -462,10 +498,9 @@ def test_gpu_offsets_past_2_31():
 # --------------------------------------------------------------------------------------------
 
 
-def _named(dtype, c_in=256, c_out=256, hw=56, k=3, batch=64):
+def _named(dtype, c_in=256, c_out=256, hw=56, batch=64):
     x = torch.empty(batch, c_in, hw, hw, dtype=dtype, device="meta")
-    return {"x_ptr": x, "BATCH": batch, "OUT_H": hw, "OUT_W": hw, "C_IN_G": c_in, "C_OUT_G": c_out,
-            "KH": k, "KW": k}
+    return {"x_ptr": x, "BATCH": batch, "OUT_H": hw, "OUT_W": hw, "C_IN_G": c_in, "C_OUT_G": c_out}
 
 
 def _tiles(configs):
@@ -473,39 +508,56 @@ def _tiles(configs):
             for c in configs}
 
 
-BIG = [conv._config(128, 256, 64, 8, 3), conv._config(128, 128, 32, 4, 4), conv._config(128, 128, 64, 8, 4),
-       conv._config(64, 64, 32, 4, 5)]
+BIG = [conv_tuning._config(128, 256, 64, 8, 3), conv_tuning._config(128, 128, 32, 4, 4), conv_tuning._config(128, 128, 64, 8, 4),
+       conv_tuning._config(64, 64, 32, 4, 5)]
 
 
 def test_prune_drops_what_overflows_shared_memory_or_spills():
-    bf16 = conv._prune_general(BIG, _named(torch.bfloat16), HAS_RESIDUAL=False)
-    assert _tiles(bf16) == _tiles(BIG)
+    bf16 = conv_tuning.prune_general(BIG, _named(torch.bfloat16), HAS_RESIDUAL=False)
+    # 64x64x32 on 4 warps: its K loop needs more issue slots than the 16-bit tensor rate leaves.
+    assert _tiles(bf16) == _tiles(BIG[:3])
     # A residual tile in the epilogue: 128 accumulators per thread spill, 64 do not.
-    res = conv._prune_general(BIG, _named(torch.bfloat16), HAS_RESIDUAL=True)
-    assert _tiles(res) == {(128, 128, 64, 8, 4), (64, 64, 32, 4, 5)}
+    res = conv_tuning.prune_general(BIG, _named(torch.bfloat16), HAS_RESIDUAL=True)
+    assert _tiles(res) == {(128, 128, 64, 8, 4)}
     # fp32 operands: 3 x (128 + 256) x 64 x 4 B = 288 KB of stages, over the 227 KB of an H100.
-    fp32 = conv._prune_general(BIG, _named(torch.float32), HAS_RESIDUAL=False)
+    # (TF32 runs at half the 16-bit rate, so 64x64x32's loop keeps up with it.)
+    fp32 = conv_tuning.prune_general(BIG, _named(torch.float32), HAS_RESIDUAL=False)
     assert (128, 256, 64, 8, 3) not in _tiles(fp32) and (64, 64, 32, 4, 5) in _tiles(fp32)
     # The device's own limit decides where it is known (an sm_86 part has 99 KB).
-    small = conv._prune_general(BIG, _named(torch.bfloat16), HAS_RESIDUAL=False, shared_limit=101_376)
-    assert _tiles(small) == {(128, 128, 32, 4, 4), (64, 64, 32, 4, 5)}
+    small = conv_tuning.prune_general(BIG, _named(torch.bfloat16), HAS_RESIDUAL=False, shared_limit=101_376)
+    assert _tiles(small) == {(128, 128, 32, 4, 4)}
+
+
+def test_prune_drops_tiles_whose_loop_outruns_the_issue_rate():
+    narrow = [conv_tuning._config(128, 32, 64, 4, 4), conv_tuning._config(64, 64, 64, 4, 4),
+              conv_tuning._config(128, 64, 64, 4, 4)]
+    # 64 output channels: 128x32 moves 8 activation vectors per thread for 2 MMAs' worth of
+    # work per warp (modelled 140 instructions, 109 % of the issue slots); the others fit.
+    kept = conv_tuning.prune_general(narrow, _named(torch.bfloat16, c_in=64, c_out=64), HAS_RESIDUAL=False)
+    assert _tiles(kept) == {(64, 64, 64, 4, 4), (128, 64, 64, 4, 4)}
+    # 48 channels per group (AlexNet's conv2) need a channel mask: 64x64x64 no longer keeps up.
+    kept = conv_tuning.prune_general(narrow, _named(torch.bfloat16, c_in=48, c_out=64), HAS_RESIDUAL=False)
+    assert _tiles(kept) == {(128, 64, 64, 4, 4)}
+    # Never nothing: a layer only the dropped tile suits keeps it.
+    only = conv_tuning.prune_general(narrow[:1], _named(torch.bfloat16, c_in=64, c_out=32), HAS_RESIDUAL=False)
+    assert _tiles(only) == {(128, 32, 64, 4, 4)}
 
 
 def test_prune_never_leaves_nothing():
-    only_big = [conv._config(256, 128, 64, 8, 3)]
-    kept = conv._prune_general(only_big, _named(torch.float32), HAS_RESIDUAL=True, shared_limit=1024)
+    only_big = [conv_tuning._config(256, 128, 64, 8, 3)]
+    kept = conv_tuning.prune_general(only_big, _named(torch.float32), HAS_RESIDUAL=True, shared_limit=1024)
     assert _tiles(kept) == _tiles(only_big)
-    first = conv._prune_small_c(conv.small_c_configs(), _named(torch.float32, c_in=3, c_out=64, k=7),
-                                HAS_RESIDUAL=False)
+    first = conv_tuning.prune_small_c(conv_tuning.small_c_configs(), _named(torch.float32, c_in=3, c_out=64),
+                                      HAS_RESIDUAL=False, KH=7, KW=7)
     assert first
 
 
 def test_small_c_prune_keeps_the_gathers_in_registers():
-    configs = [conv._config(128, 64, 64, 4, 3), conv._config(128, 32, 32, 4, 3), conv._config(64, 128, 32, 4, 3)]
-    named = _named(torch.float32, c_in=3, c_out=128, k=7)
-    assert _tiles(conv._prune_small_c(configs, named)) == {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
+    configs = [conv_tuning._config(128, 64, 64, 4, 3), conv_tuning._config(128, 32, 32, 4, 3), conv_tuning._config(64, 128, 32, 4, 3)]
+    named = _named(torch.float32, c_in=3, c_out=128)
+    assert _tiles(conv_tuning.prune_small_c(configs, named, KH=7, KW=7)) == {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
     # 2-byte operands: 64 accumulators and 64 gathered values per thread spill with Triton 3.6.
-    named = _named(torch.bfloat16, c_in=3, c_out=128, k=7)
-    assert _tiles(conv._prune_small_c(configs, named)) == {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
-    configs.append(conv._config(128, 64, 32, 4, 3))  # 64 + 32 per thread: fits both
-    assert (128, 64, 32, 4, 3) in _tiles(conv._prune_small_c(configs, named))
+    named = _named(torch.bfloat16, c_in=3, c_out=128)
+    assert _tiles(conv_tuning.prune_small_c(configs, named, KH=7, KW=7)) == {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
+    configs.append(conv_tuning._config(128, 64, 32, 4, 3))  # 64 + 32 per thread: fits both
+    assert (128, 64, 32, 4, 3) in _tiles(conv_tuning.prune_small_c(configs, named, KH=7, KW=7))

@@ -1,8 +1,9 @@
 """Compile a network's Triton kernels for a GPU without the GPU, and report what each costs.
 
 On a GPU the autotuner compiles, for every launch, each tile config that survives its prune,
-then times them. This module does the compiling part offline: for a lowered graph it lists the
-launches the ``triton`` backend makes (:func:`launches`), takes each launch's arguments from
+then times them. This module does the compiling part offline: for a graph lowered for the
+``triton`` backend (the caller runs the pipeline; this module does not) it lists the launches
+the backend makes (:func:`launches`), takes each launch's arguments from
 the kernel's own ``launch_args`` on meta tensors (so no memory is allocated and nothing can
 drift from what a real launch passes), specialises them with Triton's own binder, prunes the
 configs with the kernel's own prune function, and compiles every survivor for the target
@@ -36,13 +37,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from archdsl.codegen.triton import support
+from archdsl.codegen.triton.hopper import MAX_REGISTERS, SHARED_LIMIT, issue_share
 from archdsl.ir import ArchGraph, Op
 
 __all__ = ["Compiled", "Launch", "compile_launches", "launches", "report", "table"]
 
-#: Largest shared memory one block may use (the opt-in limit), bytes, by compute capability.
-SHARED_LIMIT = {80: 166_912, 86: 101_376, 87: 166_912, 89: 101_376, 90: 232_448, 100: 232_448}
-MAX_REGISTERS = 255
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -63,7 +63,24 @@ class Launch:
 
     @property
     def kernel_name(self) -> str:
-        return self.kernel.fn.__name__
+        return jit_function(self.kernel).__name__
+
+
+def _unwrap(kernel) -> tuple[object, dict]:
+    """The ``@triton.jit`` function under an autotuner, and the meta-parameters the
+    ``triton.heuristics`` between them compute."""
+    from triton.runtime.autotuner import Heuristics  # triton only once a kernel is at hand
+
+    values, fn = {}, kernel.fn
+    while isinstance(fn, Heuristics):
+        values.update(fn.values)
+        fn = fn.fn
+    return fn, values
+
+
+def jit_function(kernel):
+    """The ``@triton.jit`` function under an autotuner (and ``triton.heuristics``)."""
+    return _unwrap(kernel)[0]
 
 
 @dataclass
@@ -80,6 +97,9 @@ class Compiled:
     wgmma: bool = False
     async_copies: list[int] = field(default_factory=list)  # widths (bytes) of global->shared copies
     stores: list[int] = field(default_factory=list)  # widths (bytes) of global stores
+    loop_instructions: int | None = None  # SASS instructions per warp per K iteration
+    loop_mma: int = 0  # warpgroup MMA instructions among them
+    issue_share: float | None = None  # issue slots that loop needs at the peak tensor rate
     error: str | None = None
     seconds: float = 0.0
 
@@ -108,28 +128,28 @@ def _meta_tensor(batch: int, shape, dtype, channels_last: bool) -> torch.Tensor:
     return t.to(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
 
 
-def launches(graph: ArchGraph, *, batch: int = 64, dtype: torch.dtype = torch.bfloat16,
+def launches(lowered: ArchGraph, *, batch: int = 64, dtype: torch.dtype = torch.bfloat16,
              training: bool = False) -> list[Launch]:
     """The Triton launches of one forward (and, with ``training``, the LRN backward) of
-    ``graph``, lowered for the triton backend, on channels_last activations.
+    ``lowered``, a graph lowered for the triton backend, on channels_last activations.
 
     A conv node launches as :func:`archdsl.codegen.triton.runtime.fused_conv` runs it: in eval
     mode a BN is folded into the conv (so it has a bias) and the ReLU and residual go to the
     epilogue; in training mode a conv followed by a BN runs without bias, residual or ReLU
     (the BN runs between them).
     """
+    # Imported here, not at the top: they import triton, and a process without it gets
+    # AotError's advice from report() instead of an ImportError.
     from archdsl.codegen.triton import conv as conv_kernels
     from archdsl.codegen.triton import lrn as lrn_kernels
-    from archdsl.pipeline import lower_graph
 
-    graph = lower_graph(graph, backend="triton")
     out: list[Launch] = []
-    for name in graph.order():
-        data = graph.nodes[name]
+    for name in lowered.order():
+        data = lowered.nodes[name]
         op, a = data["op"], data["attrs"]
         if op not in (Op.CONV, Op.FUSED_CONV, Op.LRN):
             continue
-        x_shape = graph.shape(data["args"][0])
+        x_shape = lowered.shape(data["args"][0])
         x = _meta_tensor(batch, x_shape, dtype, channels_last=True)
         if op is Op.LRN:
             params = (a["size"], lrn_kernels._effective_alpha(a["alpha"], a["size"], a["mode"]), a["beta"], a["k"])
@@ -145,7 +165,7 @@ def launches(graph: ArchGraph, *, batch: int = 64, dtype: torch.dtype = torch.bf
             has_bias, relu, residual = a["bias"], False, False
         else:
             has_bias = a["bias"] or bn
-        y = _meta_tensor(batch, graph.shape(name), dtype, channels_last=True)
+        y = _meta_tensor(batch, lowered.shape(name), dtype, channels_last=True)
         groups = a["groups"]
         w = torch.empty(a["out_channels"], x_shape.c // groups, *a["kernel"], dtype=dtype, device="meta")
         bias = torch.empty(a["out_channels"], dtype=dtype, device="meta") if has_bias else None
@@ -164,7 +184,7 @@ def launches(graph: ArchGraph, *, batch: int = 64, dtype: torch.dtype = torch.bf
 
 
 def _triton():
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if support.INTERPRET:
         raise AotError("offline compilation needs Triton's compiler, and TRITON_INTERPRET=1 is set "
                        "in this process: run it with TRITON_INTERPRET unset")
     try:
@@ -177,11 +197,57 @@ def _triton():
     return triton, GPUTarget, ASTSource, make_backend, create_function_from_signature
 
 
-def _cuobjdump() -> str | None:
+def _cuda_tool(name: str) -> str | None:
+    """A CUDA binary tool: the one shipped in Triton's wheel, else one on PATH."""
     import triton.backends.nvidia as nvidia
 
-    bundled = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
-    return bundled if os.path.exists(bundled) else shutil.which("cuobjdump")
+    bundled = os.path.join(os.path.dirname(nvidia.__file__), "bin", name)
+    return bundled if os.path.exists(bundled) else shutil.which(name)
+
+
+def _run_tool(name: str, args: list[str], cubin: bytes) -> str | None:
+    """``name args kernel.cubin``'s output, or None without the tool."""
+    tool = _cuda_tool(name)
+    if tool is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        return subprocess.run([tool, *args, path], capture_output=True, text=True, check=True).stdout
+
+
+_SASS_LINE = re.compile(r"^\s*(?:(\.L_x_\d+):|/\*[0-9a-f]+\*/\s+(.*?)\s*;)")
+_BRANCH = re.compile(r"\bBRA\b.*\((\.L_x_\d+)\)")
+_MMA = re.compile(r"\b[HQI]GMMA\.")
+
+
+def main_loop(sass: str) -> tuple[int, int] | None:
+    """(instructions, warpgroup MMAs) in the body of the innermost loop of ``sass`` (nvdisasm's
+    text) that issues warpgroup MMAs, i.e. a GEMM kernel's K loop; None without one.
+
+    A loop is a branch back to a label above it; its body runs from the label to the branch,
+    both included. Every instruction counts, predicated-off ones too: they take issue slots.
+    """
+    labels: dict[str, int] = {}
+    code: list[str] = []
+    loops: list[tuple[int, int]] = []
+    for line in sass.splitlines():
+        match = _SASS_LINE.match(line)
+        if match is None:
+            continue
+        label, instr = match.groups()
+        if label:
+            labels[label] = len(code)
+            continue
+        branch = _BRANCH.search(instr)
+        if branch and branch.group(1) in labels:
+            loops.append((labels[branch.group(1)], len(code)))
+        code.append(instr)
+    found = [(end + 1 - start, sum(bool(_MMA.search(i)) for i in code[start:end + 1]))
+             for start, end in loops]
+    found = [f for f in found if f[1]]
+    return min(found) if found else None
 
 
 _ASYNC_COPY = re.compile(r"cp\.async\.c[ag]\.shared\.global[^\[]*\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
@@ -201,14 +267,9 @@ _RES_USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:\d+\s+LOCAL:(\d+)")
 
 def _resource_usage(cubin: bytes) -> tuple[int, int]:
     """(registers per thread, local memory bytes per thread) of a cubin's kernel."""
-    tool = _cuobjdump()
-    if tool is None:
+    text = _run_tool("cuobjdump", ["-res-usage"], cubin)
+    if text is None:
         return 0, 0
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "kernel.cubin")
-        with open(path, "wb") as f:
-            f.write(cubin)
-        text = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
     match = _RES_USAGE.search(text)
     if match is None:
         raise AotError(f"cannot read cuobjdump's resource usage:\n{text}")
@@ -247,7 +308,7 @@ def compile_launches(items: Iterable[Launch], *, arch: int = 90, progress=None) 
     binders = {}
     rows: dict[str, Compiled] = {}
     for launch in items:
-        tuned, fn = launch.kernel, launch.kernel.fn
+        tuned, fn = launch.kernel, jit_function(launch.kernel)
         named = dict(zip(fn.arg_names, launch.args))
         prune_args = dict(launch.meta, shared_limit=SHARED_LIMIT.get(arch))
         configs = tuned.early_config_prune(tuned.configs, named, **prune_args) \
@@ -257,6 +318,8 @@ def compile_launches(items: Iterable[Launch], *, arch: int = 90, progress=None) 
         for config in configs:
             kwargs = dict(launch.meta, **config.kwargs, num_warps=config.num_warps,
                           num_stages=config.num_stages)
+            for name, rule in _unwrap(tuned)[1].items():
+                kwargs[name] = rule({**named, **kwargs})
             bound, specialization, options = binders[fn](*launch.args, **kwargs)
             options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
             key = repr((fn.__name__, signature, sorted(constexprs.items()), sorted(attrs.items()),
@@ -281,6 +344,14 @@ def compile_launches(items: Iterable[Launch], *, arch: int = 90, progress=None) 
                 ptx = binary.asm.get("ptx", "")
                 row.wgmma = "wgmma" in ptx
                 row.async_copies, row.stores = _widths(ptx)
+                sass = _run_tool("nvdisasm", ["-c"], binary.asm["cubin"])
+                loop = main_loop(sass) if sass else None
+                if loop is not None:
+                    row.loop_instructions, row.loop_mma = loop
+                    kw = config.kwargs
+                    elem = next(a.element_size() for a in launch.args if isinstance(a, torch.Tensor))
+                    row.issue_share = issue_share(row.loop_instructions, config.num_warps,
+                                                  kw["BLOCK_M"] * kw["BLOCK_N"] * kw["BLOCK_K"], elem)
             row.seconds = time.perf_counter() - start
     return list(rows.values())
 
@@ -317,16 +388,17 @@ class Report:
         }
 
 
-def report(graph: ArchGraph, *, arch: int = 90, dtype: str = "bf16", batch: int = 64,
+def report(lowered: ArchGraph, *, arch: int = 90, dtype: str = "bf16", batch: int = 64,
            training: bool = False, progress=None) -> Report:
-    """Compile every kernel launch of ``graph`` (triton backend) for ``sm_<arch>``."""
+    """Compile every kernel launch of ``lowered`` (a graph lowered for the triton backend)
+    for ``sm_<arch>``."""
     triton = _triton()[0]
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     start = time.perf_counter()
-    items = launches(graph, batch=batch, dtype=DTYPES[dtype], training=training)
+    items = launches(lowered, batch=batch, dtype=DTYPES[dtype], training=training)
     rows = compile_launches(items, arch=arch, progress=progress)
-    return Report(graph.name, arch, dtype, batch, training, items, rows, time.perf_counter() - start,
+    return Report(lowered.name, arch, dtype, batch, training, items, rows, time.perf_counter() - start,
                   triton.__version__)
 
 
@@ -346,16 +418,18 @@ def table(rep: Report) -> str:
     if not rep.launches:
         return f"{head}\n\nno kernel launches: the net has no conv or LRN layer"
     cols = ("kernel", "variant", "config", "layers", "smem KB", "regs", "spill B", "wgmma", "copy B", "store B",
-            "status")
+            "instr/K-iter", "issue %", "status")
     body = []
     for r in rep.rows:
         status = "ok" if r.problem(rep.arch) is None else (
             "ERROR" if r.error else "too big" if not r.fits(rep.arch) else "spills")
         body.append((r.kernel.replace("_kernel", ""), r.variant, r.config, _layers(r.layers),
                      f"{r.shared / 1024:.0f}", str(r.registers), str(r.spill), "yes" if r.wgmma else "-",
-                     ",".join(map(str, r.async_copies)) or "-", ",".join(map(str, r.stores)) or "-", status))
+                     ",".join(map(str, r.async_copies)) or "-", ",".join(map(str, r.stores)) or "-",
+                     "-" if r.loop_instructions is None else f"{r.loop_instructions} ({r.loop_mma} mma)",
+                     "-" if r.issue_share is None else f"{100 * r.issue_share:.0f}", status))
     widths = [max(len(c), *(len(row[i]) for row in body)) if body else len(c) for i, c in enumerate(cols)]
-    right = {4, 5, 6}
+    right = {4, 5, 6, 10, 11}
     lines = [head, ""]
     for row in (cols, *body):
         lines.append("  ".join(v.rjust(w) if i in right else v.ljust(w)

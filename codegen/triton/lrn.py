@@ -41,7 +41,6 @@ powers come from reciprocal square roots instead of exp2/log2 (``_rpow``).
 """
 
 import numbers
-import os
 
 import torch
 import torch.nn.functional as F
@@ -49,12 +48,11 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from archdsl.codegen.triton import support
+
 __all__ = ["lrn", "lrn_reference", "lrn_torch", "launch_args", "LocalResponseNorm"]
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
 _MODES = ("sum", "avg")
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,7 +104,7 @@ def _rpow(d, beta, EXTRA: tl.constexpr, BETA_IS_3_4: tl.constexpr):
         return tl.exp2(-(beta + EXTRA) * tl.log2(d))
 
 
-def _tile_configs(max_block_c, elems_per_thread, interpret=_INTERPRET):
+def _tile_configs(max_block_c, elems_per_thread, interpret=support.INTERPRET):
     """Autotuning space: channel chunk, pixel block and warps per program.
 
     `elems_per_thread` bounds the tile to what fits in registers: the forward holds its n
@@ -293,7 +291,7 @@ def _check_args(x, size, mode, *, need_kernel):
         raise ValueError(
             f"lrn: expected a 4-D (N, C, H, W) tensor, got {x.dim()}-D with shape {tuple(x.shape)}"
         )
-    if need_kernel and x.dtype not in _DTYPES:
+    if need_kernel and x.dtype not in support.KERNEL_DTYPES:
         raise TypeError(f"lrn: expected a float16, bfloat16 or float32 tensor, got {x.dtype}")
     if not x.is_floating_point():
         raise TypeError(f"lrn: expected a floating-point tensor, got {x.dtype}")
@@ -303,7 +301,7 @@ def _check_args(x, size, mode, *, need_kernel):
         raise ValueError(f"lrn: size (channels in the window) must be >= 1, got {size}")
     if mode not in _MODES:
         raise ValueError(f"lrn: mode must be 'sum' (AlexNet paper) or 'avg' (PyTorch/Caffe), got {mode!r}")
-    if need_kernel and not x.is_cuda and not _INTERPRET:
+    if need_kernel and not x.is_cuda and not support.INTERPRET:
         raise ValueError(
             f"lrn: the Triton kernel needs a CUDA tensor, got one on {x.device}; "
             "set TRITON_INTERPRET=1 before importing to run it on the CPU, or use lrn_torch"
@@ -473,8 +471,9 @@ class LocalResponseNorm(torch.nn.Module):
     """LRN across channels, ``b_c = a_c / (k + alpha' * sum_window a^2)^beta``.
 
     ``mode="sum"`` (alpha' = alpha, the AlexNet paper) or ``"avg"`` (alpha' = alpha / size,
-    PyTorch and Caffe). ``backend="triton"`` runs the Triton kernels on CUDA inputs (on any
-    input when TRITON_INTERPRET=1); everything else goes through ``F.local_response_norm``.
+    PyTorch and Caffe). ``backend="triton"`` runs the Triton kernels on the inputs they take
+    (:func:`.support.kernel_can_run`); everything else goes through ``F.local_response_norm``,
+    with the backend's one fallback notice.
     """
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, mode="sum", backend="triton"):
@@ -493,8 +492,10 @@ class LocalResponseNorm(torch.nn.Module):
         self.backend = backend
 
     def forward(self, x):
-        if self.backend == "triton" and (x.is_cuda or _INTERPRET):
-            return lrn(x, self.size, self.alpha, self.beta, self.k, self.mode)
+        if self.backend == "triton":
+            if support.kernel_can_run(x):
+                return lrn(x, self.size, self.alpha, self.beta, self.k, self.mode)
+            support.notice(support.why_not("LRN", x))
         return lrn_torch(x, self.size, self.alpha, self.beta, self.k, self.mode)
 
     def extra_repr(self):

@@ -1,5 +1,5 @@
-"""Run-time support of the ``triton`` backend: can the kernels run, the fallback notice, and
-the forward of a fused conv node.
+"""Run-time support of the ``triton`` backend: which backend a module is built for, and the
+forward of a fused conv node.
 
 Where the Triton kernels cannot run, the backend runs the same computation with PyTorch ops.
 That decision is made in :mod:`archdsl.codegen.triton.support` and nowhere else, and it is
@@ -12,7 +12,9 @@ announced once per process (a ``RuntimeWarning`` from its ``notice``), never sil
 * at run time, :func:`fused_conv` falls back for inputs the kernel does not take (a CPU
   tensor on a CUDA machine, float64, bfloat16 under the interpreter).
 
-Importing this module does not import triton.
+Importing this module does not import triton, so a process without it can still build
+modules (for the ``torch`` backend, or the fallback): the kernel module is imported when a
+kernel first runs.
 
 The fused conv node
 -------------------
@@ -52,25 +54,20 @@ import torch
 import torch.nn.functional as F
 
 from archdsl.codegen.fold import fold_bn
-from archdsl.codegen.triton.support import kernel_can_run, notice
+from archdsl.codegen.triton import support
 
 __all__ = ["fused_conv"]
-
-
-def _why_not(x: torch.Tensor, weight: torch.Tensor) -> str:
-    return (f"the conv kernel does not take a {x.dtype} input on {x.device} "
-            f"(weight {weight.dtype} on {weight.device})")
 
 
 def _conv(x: torch.Tensor, conv, weight, bias, relu: bool, residual=None) -> torch.Tensor:
     """``relu?(conv2d(x, weight, bias) + residual?)`` with ``conv``'s stride, padding and
     groups: the Triton kernel where it runs, else F.conv2d (with the notice)."""
-    if kernel_can_run(x, weight):
-        from archdsl.codegen.triton.conv import conv2d
+    if support.kernel_can_run(x, weight):
+        from archdsl.codegen.triton.conv import conv2d  # imports triton: only when a kernel runs
 
         return conv2d(x, weight, bias, tuple(conv.stride), tuple(conv.padding), conv.groups, relu=relu,
                       residual=residual)
-    notice(_why_not(x, weight))
+    support.notice(support.why_not("conv", x, weight))
     y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     if residual is not None:
         y = y + residual
@@ -79,7 +76,7 @@ def _conv(x: torch.Tensor, conv, weight, bias, relu: bool, residual=None) -> tor
 
 def _run(x: torch.Tensor, conv, residual=None) -> torch.Tensor:
     """A FusedConv2d's own forward (kernel, cached packed weight) where the kernel runs."""
-    if kernel_can_run(x, conv.weight):
+    if support.kernel_can_run(x, conv.weight):
         return conv(x, residual)
     return _conv(x, conv, conv.weight, conv.bias, conv.relu, residual)
 
@@ -111,7 +108,7 @@ def _fold(conv, bn):
 
 def _folded_conv(conv, bn, relu: bool):
     """A FusedConv2d with the BN folded into its weight and bias (cached, see the module doc)."""
-    from archdsl.codegen.triton.conv import FusedConv2d
+    from archdsl.codegen.triton.conv import FusedConv2d  # imports triton: see the module doc
 
     key = _cache_key(conv, bn, relu)
     hit = _folded.get(conv)

@@ -1,8 +1,17 @@
-"""Can the Triton kernels run here: the one place that decides, and the one notice when not.
+"""Whether the ``triton`` backend's kernels can run, decided in this one place.
 
-Importing this module does not import triton (nor does anything here, until asked).
-``TRITON_INTERPRET`` is read once, at import, as the kernel modules decorate their kernels
-for one mode or the other at import.
+Where the Triton kernels cannot run, the backend computes the same thing with PyTorch ops,
+and says so once per process (a ``RuntimeWarning`` from :func:`notice`), never silently. Every
+caller asks this module: the runtime when it builds a module (no kernel can run at all), the
+conv and LRN layers when they see an input (a CPU tensor on a CUDA machine, float64, bfloat16
+under the interpreter), and the offline compiler (which needs the interpreter off).
+
+Triton decides at decoration time whether a ``@triton.jit`` function runs compiled or in its
+CPU interpreter (``TRITON_INTERPRET=1``), so the variable is read once, here, when the first
+kernel module is imported; :data:`INTERPRET` is that reading.
+
+This module imports torch but not triton: it must answer "can the kernels run?" in a process
+where triton is missing.
 """
 
 from __future__ import annotations
@@ -13,13 +22,15 @@ import warnings
 
 import torch
 
-__all__ = ["INTERPRET", "KERNEL_DTYPES", "available", "kernel_can_run", "notice", "unavailable_reason"]
+__all__ = [
+    "INTERPRET", "KERNEL_DTYPES", "available", "kernel_can_run", "notice", "unavailable_reason", "why_not",
+]
 
-#: Triton's CPU interpreter is on (``TRITON_INTERPRET=1``): kernels run on CPU tensors.
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+#: Triton's CPU interpreter is on in this process (``TRITON_INTERPRET=1`` at import).
+INTERPRET: bool = os.environ.get("TRITON_INTERPRET") == "1"
 
-#: The dtypes the kernels take.
-KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: The dtypes the kernels take. The interpreter has no bfloat16 (:func:`kernel_can_run`).
+KERNEL_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
 
 _noticed = False  # the fallback notice has been given in this process
 
@@ -49,7 +60,11 @@ def available() -> bool:
 
 
 def notice(reason: str) -> None:
-    """Say, once per process, that the triton backend is running PyTorch ops and why."""
+    """Say, once per process, that the triton backend is running PyTorch ops and why.
+
+    Args:
+        reason: what could not run, in words ("no CUDA device ...").
+    """
     global _noticed
     if _noticed:
         return
@@ -58,11 +73,29 @@ def notice(reason: str) -> None:
                   RuntimeWarning, stacklevel=3)
 
 
-def kernel_can_run(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the conv kernel takes this input: a CUDA tensor (any CPU tensor under the
-    interpreter, which has no bfloat16) of a kernel dtype, matching the weight's."""
-    if x.dtype not in KERNEL_DTYPES or x.dtype != weight.dtype:
+def kernel_can_run(x: torch.Tensor, weight: torch.Tensor | None = None) -> bool:
+    """Whether a kernel takes this input: a CUDA tensor (any CPU tensor under the interpreter,
+    which has no bfloat16) of a kernel dtype.
+
+    Args:
+        x: the activation the kernel would read.
+        weight: the layer's weight, if it has one: it must match ``x``'s dtype and device.
+    """
+    if x.dtype not in KERNEL_DTYPES or (weight is not None and x.dtype != weight.dtype):
         return False
     if INTERPRET:
-        return x.dtype != torch.bfloat16 and x.device == weight.device
-    return x.is_cuda and weight.is_cuda
+        return x.dtype != torch.bfloat16 and (weight is None or x.device == weight.device)
+    return x.is_cuda and (weight is None or weight.is_cuda)
+
+
+def why_not(kernel: str, x: torch.Tensor, weight: torch.Tensor | None = None) -> str:
+    """The notice's reason when ``kernel`` does not take ``x`` (see :func:`kernel_can_run`).
+
+    Args:
+        kernel: the kernel's name in words ("conv", "LRN").
+        x, weight: the arguments :func:`kernel_can_run` refused.
+    """
+    reason = f"the {kernel} kernel does not take a {x.dtype} input on {x.device}"
+    if weight is not None:
+        reason += f" (weight {weight.dtype} on {weight.device})"
+    return reason

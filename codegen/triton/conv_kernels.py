@@ -1,0 +1,297 @@
+"""The conv kernels (``@triton.jit``): implicit GEMM over channels_last activations.
+
+See :mod:`.conv` for the algorithm and the launch; the tile configs and their prune are in
+:mod:`.conv_tuning`.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from archdsl.codegen.triton.conv_tuning import (
+    AUTOTUNE_KEY,
+    NO_SPECIALIZE,
+    general_configs,
+    prune_general,
+    prune_small_c,
+    small_c_configs,
+)
+
+__all__ = ["conv2d_fwd_kernel", "conv2d_fwd_small_c_kernel"]
+
+
+@triton.jit
+def _tile_ids(M, C_OUT_G, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_SIZE_M: tl.constexpr):
+    """Map the program to (pid_m, pid_n, conv group).
+
+    Axis 0 walks the output tiles in bands of GROUP_SIZE_M tile rows (the matmul tutorial's
+    L2 swizzle: programs running together reuse the same activation rows and weight
+    columns); axis 1 is the convolution group.
+    """
+    pid = tl.program_id(axis=0)
+    g = tl.program_id(axis=1)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(C_OUT_G, BLOCK_N)
+    num_pid_in_band = GROUP_SIZE_M * num_pid_n
+    band = pid // num_pid_in_band
+    first_pid_m = band * GROUP_SIZE_M
+    band_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_SIZE_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_band) % band_size_m)
+    pid_n = (pid % num_pid_in_band) // band_size_m
+    return pid_m, pid_n, g
+
+
+@triton.jit
+def _output_pixels(pid_m, M, OUT_H, OUT_W, BLOCK_M: tl.constexpr):
+    """The BLOCK_M output pixels (GEMM rows) of this tile, as (n, oh, ow) and a row mask."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    ow = offs_m % OUT_W
+    nh = offs_m // OUT_W
+    oh = nh % OUT_H
+    n = nh // OUT_H
+    return n, oh, ow, mask_m
+
+
+@triton.jit
+def _row_offsets(n, h, w, stride_n, stride_h, stride_w, INDEX_64: tl.constexpr):
+    """Offsets of the pixels (n, h, w) of an activation: int64 where some offset of the
+    tensor passes 2**31 (``INDEX_64``, decided at launch), else int32, half the work."""
+    if INDEX_64:
+        return n.to(tl.int64) * stride_n + h.to(tl.int64) * stride_h + w.to(tl.int64) * stride_w
+    else:
+        return n * stride_n + h * stride_h + w * stride_w
+
+
+@triton.jit
+def _mma(a, b, acc, ALLOW_TF32: tl.constexpr):
+    # input_precision only matters for fp32 operands; fp16/bf16 always use tensor cores.
+    if ALLOW_TF32:
+        acc = tl.dot(a, b, acc, input_precision="tf32")
+    else:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def _epilogue(
+    acc, bias_ptr, res_ptr, y_ptr,
+    n, oh, ow, mask_m, offs_n, mask_n, g, C_OUT_G,
+    stride_rn, stride_rh, stride_rw, stride_rc,
+    stride_yn, stride_yh, stride_yw, stride_yc,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, APPLY_RELU: tl.constexpr,
+    INDEX_64: tl.constexpr,
+):  # fmt: skip
+    """acc (fp32) + bias + residual -> ReLU -> cast -> masked store."""
+    co = g * C_OUT_G + offs_n  # absolute output channel
+    mask = mask_m[:, None] & mask_n[None, :]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + co, mask=mask_n, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
+    if HAS_RESIDUAL:
+        r_rows = _row_offsets(n, oh, ow, stride_rn, stride_rh, stride_rw, INDEX_64)
+        res = tl.load(res_ptr + r_rows[:, None] + (co * stride_rc)[None, :], mask=mask, other=0.0)
+        acc += res.to(tl.float32)
+    if APPLY_RELU:
+        acc = tl.maximum(acc, 0.0)
+    y_rows = _row_offsets(n, oh, ow, stride_yn, stride_yh, stride_yw, INDEX_64)
+    y_ptrs = y_ptr + y_rows[:, None] + (co * stride_yc)[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _tap_mask_bits(ih0, iw0, mask_m, IN_H, IN_W, KH: tl.constexpr, KW: tl.constexpr):
+    """For each row, bit ``r * KW + s`` set where tap (r, s) of its window lies inside the
+    image (and the row inside the GEMM): the padding test, done once per tile so that the K
+    loop reads one bit per row instead of comparing four coordinates. KH * KW <= 32."""
+    bits = tl.zeros_like(ih0)
+    for r in tl.static_range(KH):
+        h_ok = mask_m & (ih0 + r >= 0) & (ih0 + r < IN_H)
+        for s in tl.static_range(KW):
+            ok = h_ok & (iw0 + s >= 0) & (iw0 + s < IN_W)
+            bits = bits | (ok.to(tl.int32) << (r * KW + s))
+    return bits
+
+
+@triton.autotune(
+    configs=general_configs(),
+    key=AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": prune_general},
+)
+@triton.heuristics({
+    # Whole channel blocks and whole N tiles: the K loop needs no channel or column masks.
+    "EVEN_K": lambda a: a["C_IN_G"] % a["BLOCK_K"] == 0,
+    "EVEN_N": lambda a: a["C_OUT_G"] % a["BLOCK_N"] == 0,
+})  # fmt: skip
+@triton.jit(do_not_specialize=NO_SPECIALIZE)
+def conv2d_fwd_kernel(
+    # Pointers: x [N, H, W, C_in] (any strides, NHWC in practice); w packed [G, KH*KW*C_in_g,
+    # C_out_g]; bias [C_out]; residual and y [N, H_out, W_out, C_out] (any strides).
+    # bias_ptr / res_ptr are ignored unless HAS_BIAS / HAS_RESIDUAL.
+    x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr,
+    # Problem sizes
+    BATCH, IN_H, IN_W, OUT_H, OUT_W,
+    C_IN_G, C_OUT_G, GROUPS,  # channels per group, number of groups
+    STRIDE_H, STRIDE_W, PAD_H, PAD_W,
+    # Strides, in elements
+    stride_xn, stride_xh, stride_xw, stride_xc,
+    stride_wg, stride_wk, stride_wn,
+    stride_rn, stride_rh, stride_rw, stride_rc,
+    stride_yn, stride_yh, stride_yw, stride_yc,
+    # Meta-parameters
+    KH: tl.constexpr, KW: tl.constexpr,  # kernel size: the tap walk unrolls its arithmetic
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, APPLY_RELU: tl.constexpr,
+    ALLOW_TF32: tl.constexpr,
+    INDEX_64: tl.constexpr,  # some activation offset passes 2**31: int64 row offsets
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_SIZE_M: tl.constexpr,  # tile swizzle, unrelated to conv groups
+    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,  # set by the heuristics above
+):  # fmt: skip
+    """Implicit-GEMM convolution; K walked as (r, s, channel block).
+
+    The loop carries its position (tap r, s; channel offset c0) and both operand pointers,
+    and advances them by increments computed on scalars, so the per-element work of an
+    iteration is two pointer additions, the padding bit and the loads: no division, no
+    per-element index arithmetic.
+    """
+    M = BATCH * OUT_H * OUT_W
+    pid_m, pid_n, g = _tile_ids(M, C_OUT_G, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
+    n, oh, ow, mask_m = _output_pixels(pid_m, M, OUT_H, OUT_W, BLOCK_M)
+    ih0 = oh * STRIDE_H - PAD_H
+    iw0 = ow * STRIDE_W - PAD_W
+    # The group's first channel: a scalar below C_in * stride_xc, which int32 holds.
+    x_rows = _row_offsets(n, ih0, iw0, stride_xn, stride_xh, stride_xw, INDEX_64) + g * C_IN_G * stride_xc
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < C_OUT_G
+    offs_k = tl.arange(0, BLOCK_K)
+    # A at tap (0, 0), channel 0; B at packed row 0. The packed weight is small (< 2**31
+    # elements): int32 offsets there.
+    a_ptrs = x_ptr + x_rows[:, None] + (offs_k * stride_xc)[None, :]
+    b_ptrs = w_ptr + g * stride_wg + (offs_k * stride_wk)[:, None] + (offs_n * stride_wn)[None, :]
+    if KH * KW <= 32:
+        tap_bits = _tap_mask_bits(ih0, iw0, mask_m, IN_H, IN_W, KH, KW)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # One flat loop over (tap, channel block) rather than nested loops: the software
+    # pipeliner only overlaps the innermost loop, and a 1x1 or 3x3 layer has just a few
+    # channel blocks per tap.
+    num_cb = tl.cdiv(C_IN_G, BLOCK_K)
+    r = 0
+    s = 0
+    rs = 0
+    c0 = 0
+    for _ in range(0, KH * KW * num_cb):
+        if KH * KW <= 32:
+            row_ok = ((tap_bits >> rs) & 1) != 0
+        else:  # too many taps for one word of bits: compare the coordinates
+            ih = ih0 + r
+            iw = iw0 + s
+            row_ok = mask_m & (ih >= 0) & (ih < IN_H) & (iw >= 0) & (iw < IN_W)
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            if EVEN_N:
+                b = tl.load(b_ptrs)
+            else:
+                b = tl.load(b_ptrs, mask=mask_n[None, :], other=0.0)
+        else:
+            k_ok = c0 + offs_k < C_IN_G
+            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            if EVEN_N:
+                b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
+            else:
+                b = tl.load(b_ptrs, mask=k_ok[:, None] & mask_n[None, :], other=0.0)
+        acc = _mma(a, b, acc, ALLOW_TF32)
+        # Next channel block, or the first of the next tap (s, then r, wraps).
+        next_c = c0 + BLOCK_K
+        new_tap = next_c >= C_IN_G
+        new_row = new_tap & (s == KW - 1)
+        a_step = tl.where(new_tap,
+                          tl.where(new_row, stride_xh - (KW - 1) * stride_xw, stride_xw) - c0 * stride_xc,
+                          BLOCK_K * stride_xc)
+        # The packed weight's K index is (r * KW + s) * C_IN_G + c: the next tap's rows follow
+        # this tap's last one.
+        b_rows = tl.where(new_tap, C_IN_G - c0, BLOCK_K)
+        a_ptrs += a_step
+        b_ptrs += b_rows * stride_wk
+        c0 = tl.where(new_tap, 0, next_c)
+        rs += new_tap.to(tl.int32)
+        s = tl.where(new_tap, tl.where(new_row, 0, s + 1), s)
+        r += new_row.to(tl.int32)
+
+    _epilogue(
+        acc, bias_ptr, res_ptr, y_ptr, n, oh, ow, mask_m, offs_n, mask_n, g, C_OUT_G,
+        stride_rn, stride_rh, stride_rw, stride_rc, stride_yn, stride_yh, stride_yw, stride_yc,
+        HAS_BIAS, HAS_RESIDUAL, APPLY_RELU, INDEX_64,
+    )  # fmt: skip
+
+
+@triton.autotune(
+    configs=small_c_configs(),
+    key=AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": prune_small_c},
+)
+@triton.jit(do_not_specialize=NO_SPECIALIZE)
+def conv2d_fwd_small_c_kernel(
+    # Pointers (as in conv2d_fwd_kernel)
+    x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr,
+    # Problem sizes
+    BATCH, IN_H, IN_W, OUT_H, OUT_W,
+    C_IN_G, C_OUT_G, GROUPS,
+    STRIDE_H, STRIDE_W, PAD_H, PAD_W,
+    # Strides, in elements
+    stride_xn, stride_xh, stride_xw, stride_xc,
+    stride_wg, stride_wk, stride_wn,
+    stride_rn, stride_rh, stride_rw, stride_rc,
+    stride_yn, stride_yh, stride_yw, stride_yc,
+    # Meta-parameters
+    KH: tl.constexpr, KW: tl.constexpr,
+    C_IN: tl.constexpr,  # = C_IN_G: the (r, s, c) decomposition divides by constants
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, APPLY_RELU: tl.constexpr,
+    ALLOW_TF32: tl.constexpr,
+    INDEX_64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_SIZE_M: tl.constexpr,
+):  # fmt: skip
+    """Implicit-GEMM convolution for few input channels; K walked as flat (r, s, c) blocks."""
+    M = BATCH * OUT_H * OUT_W
+    # The loop bound is the run-time C_IN_G (= C_IN): with a constant trip count the compiler
+    # unrolls the loop and the gathered tiles of several iterations spill.
+    K_G = KH * KW * C_IN_G
+    pid_m, pid_n, g = _tile_ids(M, C_OUT_G, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
+    n, oh, ow, mask_m = _output_pixels(pid_m, M, OUT_H, OUT_W, BLOCK_M)
+    ih0 = oh * STRIDE_H - PAD_H
+    iw0 = ow * STRIDE_W - PAD_W
+    x_rows = _row_offsets(n, ih0, iw0, stride_xn, stride_xh, stride_xw, INDEX_64) + g * C_IN * stride_xc
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < C_OUT_G
+    offs_k = tl.arange(0, BLOCK_K)
+    w_cols = w_ptr + g * stride_wg + offs_n[None, :] * stride_wn
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K_G, BLOCK_K):
+        # Decompose each K index of the block into its own (r, s, c): one [BLOCK_K] vector
+        # of divisions by constants per iteration, then a gather of BLOCK_M x BLOCK_K elements.
+        k = k0 + offs_k
+        k_ok = k < K_G
+        c = k % C_IN
+        rs = k // C_IN
+        r = rs // KW
+        s = rs - r * KW
+        ih = ih0[:, None] + r[None, :]
+        iw = iw0[:, None] + s[None, :]
+        a_mask = (mask_m[:, None] & k_ok[None, :]) & ((ih >= 0) & (ih < IN_H) & (iw >= 0) & (iw < IN_W))
+        # Within one filter row r the (s, c) elements are contiguous in NHWC when groups == 1.
+        k_offs = r * stride_xh + s * stride_xw + c * stride_xc
+        a = tl.load(x_ptr + x_rows[:, None] + k_offs[None, :], mask=a_mask, other=0.0)
+        b = tl.load(w_cols + k[:, None] * stride_wk, mask=k_ok[:, None] & mask_n[None, :], other=0.0)
+        acc = _mma(a, b, acc, ALLOW_TF32)
+
+    _epilogue(
+        acc, bias_ptr, res_ptr, y_ptr, n, oh, ow, mask_m, offs_n, mask_n, g, C_OUT_G,
+        stride_rn, stride_rh, stride_rw, stride_rc, stride_yn, stride_yh, stride_yw, stride_yc,
+        HAS_BIAS, HAS_RESIDUAL, APPLY_RELU, INDEX_64,
+    )  # fmt: skip
+
