@@ -1,4 +1,6 @@
-"""Source spans and the one error type a user can cause: :class:`SpecError`."""
+"""Source spans, the one error type a spec can cause (:class:`SpecError`), the error of a
+command-line argument that cannot be used (:class:`UsageError`), and :func:`printable`, which
+every piece of spec text passes through before it reaches a terminal."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ class Span:
         if not self.text:
             return ""
         line = self.text.rstrip("\r\n").expandtabs(1)
-        # Control characters would reach the terminal as they are: show them as '?'.
+        # Control characters would reach the terminal as they are: show them as '?' (one
+        # character each, so that the caret stays under the column).
         line = "".join(ch if ch.isprintable() else "?" for ch in line)
         column = self.column
         if len(line) > _EXCERPT:  # a window of a long line, around the column
@@ -91,3 +94,16 @@ class SpecError(Exception):
 
     def __str__(self) -> str:
         return self._render()
+
+
+class UsageError(Exception):
+    """A command-line argument that cannot be used: an output path that is a device, a FIFO,
+    a directory or a symbolic link; a bundled spec given to ``fmt -i``; a bound exceeded."""
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on (escape sequences, other control
+    characters, bidirectional overrides) written as a Python escape, ``\\x1b`` for ESC."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)

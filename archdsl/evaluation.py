@@ -34,6 +34,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
+from archdsl.errors import UsageError
 from archdsl.ir import ArchGraph
 
 #: ImageNet mean RGB value on the 0..255 scale (VGG's normalisation: subtract it, nothing else).
@@ -46,7 +47,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
 METHODS = ("dense", "multi-crop", "dense + multi-crop")
 
 
-class EvalError(Exception):
+class EvalError(UsageError):
     """Something wrong with the evaluation's inputs: the weights, the image folder, the scales."""
 
 
