@@ -19,7 +19,7 @@ from archdsl.frontend.layers import layer_op
 from archdsl.frontend.loader import Program
 from archdsl.frontend.values import Value, describe, evaluate
 from archdsl.ir import ACTIVATIONS, ArchGraph, Op, Shape
-from archdsl.limits import Limits
+from archdsl.limits import Limits, tally
 from archdsl.passes import shapes
 
 _BASE_NAMES = {
@@ -60,6 +60,7 @@ class Builder:
         name = stem if op is Op.INPUT else f"{stem}{count}"
         args = (self.current,) if args is None else args
         self.graph.add_op(name, op, args, attrs, span=span, scope=scope.path)
+        tally(nodes=1)
         shapes.infer(self.graph, name)
         self.current = name
         return name
@@ -82,6 +83,7 @@ class Builder:
         if weight is None:
             weight = self.weights[id(node)] = 1 + sum(_size(e) for e in _expressions(node))
         self.steps += weight
+        tally(steps=weight)
         if self.steps > self.limits.max_steps:
             raise SpecError(f"expanding the net takes more than {self.limits.max_steps} steps (limit max_steps): "
                             "repeats of repeated blocks multiply", span)
