@@ -1,0 +1,110 @@
+"""Hostile text for fuzzing the front end: mutated specs, token soup, and the classes of input
+that broke a promise once (digits inside layer names, terminal escapes in strings, sizes at
+and past every limit)."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import strategies as st
+
+from archdsl.testing.generator import specs
+
+def bundled_sources() -> list[tuple[str, str]]:
+    """(path, text) of every bundled spec, library files included."""
+    from archdsl.frontend.loader import SPECS_DIR
+
+    return [(str(p), p.read_text(encoding="utf-8")) for p in sorted(SPECS_DIR.rglob("*.arch"))]
+
+
+#: Pieces of the language, and of things near it, that token soup is made of.
+TOKENS = (
+    "net", "block", "import", "residual", "{", "}", "(", ")", ";", "\n", ",", "=", ":", "-", "/", "*",
+    "//", "%", "+", "x", "x2", "x{n}", "x0", "3x32x32", "1x1x1", "conv3-16", "conv1x7", "conv", "maxpool",
+    "maxpool3/2", "avgpool", "fc-10", "fc", "bn", "relu", "softmax", "soft-max", "LRN", "gap", "dropout",
+    "p=0.5", "shortcut=A", "shortcut=b", "shortcut=identity", "act=none", "bias=false", "groups=2",
+    "pad=1", "k=3", "stride=2", "size=5", "mode=avg", '"lib/resnet.arch"', '"missing.arch"', '"x"',
+    "basic(16)", "basic_stage(16, 2)", "a", "b", "c", "n", "1", "2", "64", "0", "0.5", "1e999", "1e-9",
+    "9" * 30, "#", "# note\n", "\\\n", "\t", "\r\n", "\x00", "\x0c", "\u2028", "é", "🙂", "{n}", "{2*c}",
+    "{(1)}", "{-1}", "{1/0}", "{c//2}", '"a\x00.arch"', '"' + "a" * 300 + '.arch"', '"' + "a/" * 2100 + 'x.arch"',
+    '"/"', '".arch"', '"lib"', '"../specs/vgg_a.arch"', '"lib/../lib/resnet.arch"',
+)
+
+
+def token_soup(max_tokens: int = 60) -> st.SearchStrategy[str]:
+    """Random sequences of the language's tokens (and near misses), joined by random spaces."""
+    joiner = st.sampled_from(["", " ", " ", "\n", "; "])
+    return st.lists(st.tuples(st.sampled_from(TOKENS), joiner), max_size=max_tokens).map(
+        lambda parts: "".join(t + j for t, j in parts))
+
+
+_TOKEN = re.compile(r"\w+|\s+|.", re.S)
+_NUMBERS = ("0", "1", "2", "3", "7", "64", "4096", "65536", "1000000", "1000000000", "99999999999999999999")
+_WORDS = ("conv3", "conv1x7", "fc", "maxpool", "gap", "bn", "relu", "softmax", "LRN", "dropout", "residual",
+          "basic", "bottleneck", "stride", "pad", "groups", "shortcut", "A", "Z", "none", "identity", "x",
+          "n", "c", "classes", "true", "imagenet_stem", "net", "block", "import")
+_ALPHABET = "{}()[];:,=-/*%+x#\"\\\n\t .0123456789abcnetx\x00\x7f\u2028é"
+
+
+@st.composite
+def _mutate(draw, text: str, max_mutations: int) -> str:
+    for _ in range(draw(st.integers(1, max_mutations))):
+        tokens = _TOKEN.findall(text)
+        op = draw(st.sampled_from(["del_char", "ins_char", "dup", "swap_char", "del_tok", "dup_tok",
+                                   "swap_tok", "ins_tok", "number", "word"]))
+        n = len(text)
+        if op in ("number", "word"):  # keep the text parsing, to reach expansion and shapes
+            kind = r"\d+" if op == "number" else r"[A-Za-z_]\w*"
+            spots = [i for i, t in enumerate(tokens) if re.fullmatch(kind, t)]
+            if spots:
+                i = draw(st.sampled_from(spots))
+                tokens[i] = draw(st.sampled_from(_NUMBERS if op == "number" else _WORDS))
+                text = "".join(tokens)
+            continue
+        if op.endswith("_tok"):
+            if not tokens:
+                tokens = [""]
+            i = draw(st.integers(0, len(tokens) - 1))
+            if op == "del_tok":
+                del tokens[i]
+            elif op == "dup_tok":
+                tokens.insert(i, tokens[i])
+            elif op == "swap_tok" and len(tokens) > 1:
+                j = draw(st.integers(0, len(tokens) - 1))
+                tokens[i], tokens[j] = tokens[j], tokens[i]
+            elif op == "ins_tok":
+                tokens.insert(i, draw(st.sampled_from(TOKENS)))
+            text = "".join(tokens)
+            continue
+        i = draw(st.integers(0, max(n - 1, 0)))
+        if op == "del_char" and n:
+            text = text[:i] + text[i + 1:]
+        elif op == "ins_char":
+            ch = draw(st.one_of(st.sampled_from(_ALPHABET), st.characters()))
+            text = text[:i] + ch + text[i:]
+        elif op == "dup" and n:
+            j = draw(st.integers(i, min(n, i + 40)))
+            text = text[:j] + text[i:j] + text[j:]
+        elif op == "swap_char" and n > 1:
+            j = draw(st.integers(0, n - 1))
+            chars = list(text)
+            chars[i], chars[j] = chars[j], chars[i]
+            text = "".join(chars)
+    return text
+
+
+def mutated_specs(sources: list[str] | None = None, max_mutations: int = 4) -> st.SearchStrategy[str]:
+    """Texts (default: the bundled specs) with a few characters or tokens deleted, inserted,
+    duplicated or swapped."""
+    texts = sources if sources is not None else [t for _, t in bundled_sources()]
+    return st.sampled_from(texts).flatmap(lambda t: _mutate(t, max_mutations))
+
+
+def hostile_text(sources: list[str] | None = None) -> st.SearchStrategy[str]:
+    """Mutated specs, token soup, mutated generated specs and arbitrary text, mixed."""
+    return st.one_of(
+        mutated_specs(sources),
+        token_soup(),
+        specs(max_layers=4, max_depth=1).flatmap(lambda t: _mutate(t, 3)),
+        st.text(max_size=200),
+    )
