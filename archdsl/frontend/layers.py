@@ -41,12 +41,12 @@ class Written:
     def error(self, message: str, span: Span | None = None) -> SpecError:
         return SpecError(message, span or self.layer.span)
 
-    def _check_int(self, value: Value, what: str, span: Span, minimum: int) -> int:
+    def _check_int(self, value: Value, what: str, span: Span, minimum: int, capped: bool = True) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(f"expected an integer for {what}, found {describe(value)}", span)
         if value < minimum:
             raise self.error(f"expected {what} >= {minimum}, found {value}", span)
-        if value > self.limits.max_width:
+        if capped and value > self.limits.max_width:
             raise self.error(
                 f"{what} = {value} exceeds the limit of {self.limits.max_width} (limit max_width)", span
             )
@@ -77,9 +77,10 @@ class Written:
         option = self.options.get(name)
         return (evaluate(option.value, self.env), option.value.span) if option else (None, None)
 
-    def int(self, name: str, default: int, minimum: int = 0) -> int:
+    def int(self, name: str, default: int, minimum: int = 0, capped: bool = True) -> int:
+        """``capped=False``: a value checked against a real size later, not against max_width."""
         value, span = self._get(name)
-        return default if value is None else self._check_int(value, name, span, minimum)
+        return default if value is None else self._check_int(value, name, span, minimum, capped)
 
     def float(self, name: str, default: float, low: float = -math.inf, high: float = math.inf) -> float:
         value, span = self._get(name)
@@ -153,7 +154,7 @@ def _conv(w: Written):
 def _fc(w: Written):
     w.no_stride()
     attrs = {"out_features": w.width("the number of features"), "bias": w.bool("bias", True)}
-    expected = w.int("in", 0, minimum=1)
+    expected = w.int("in", 0, minimum=1, capped=False)  # a flattened map may exceed max_width
     if expected:  # the input size the author expects, checked against the real one
         attrs["in_features"] = expected
     return Op.LINEAR, attrs, w.choice("act", "relu", ("relu", "none"))
@@ -223,9 +224,18 @@ def resolve_name(name: str) -> tuple[str, tuple[int, int] | None] | None:
     base = _ALIASES.get(match["base"], match["base"])
     if base not in LAYERS or not LAYERS[base].kernel:
         return None
-    kh = int(match["kh"])
-    kw = int(match["kw"]) if match["kw"] else kh
+    kh = _window(match["kh"])
+    kw = _window(match["kw"]) if match["kw"] else kh
     return base, (kh, kw)
+
+
+_MAX_DIGITS = 100  # as for numbers: far beyond any limit, and int() of thousands of digits fails
+
+
+def _window(digits: str) -> int:
+    """A window size written in a layer name; one of more than 100 digits stands as 10**100,
+    out of range for every limit (``conv<4301 digits>-4``)."""
+    return int(digits) if len(digits) <= _MAX_DIGITS else 10 ** _MAX_DIGITS
 
 
 def layer_op(layer: ast.Layer, env: dict[str, Value], limits) -> tuple[Op, dict[str, Any], str | None]:
@@ -238,7 +248,9 @@ def layer_op(layer: ast.Layer, env: dict[str, Value], limits) -> tuple[Op, dict[
     kind = LAYERS[base]
     written = Written(layer, env, limits)
     if kernel is not None and (min(kernel) < 1 or max(kernel) > limits.max_spatial):
-        raise SpecError(f"window size {kernel[0]}x{kernel[1]} is out of range", layer.span)
+        shown = "x".join(str(k) if k <= limits.max_spatial else f"(over {limits.max_spatial})" for k in kernel)
+        raise SpecError(f"window size {shown} is out of range: expected 1 to {limits.max_spatial} "
+                        "(limit max_spatial)", layer.span)
     written.kernel = kernel
     op, attrs, act = kind.build(written)
     written.finish(kind)
