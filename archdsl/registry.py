@@ -37,6 +37,8 @@ def resolve_spec(spec: str | Path) -> Path:
     try:
         if path.is_file():
             return path
+        if path.exists():  # a folder, a FIFO, a device: never read as a spec
+            raise SpecError(f"{str(spec)!r} is not a regular file")
         bundled = SPECS_DIR / (path.name if path.suffix == ".arch" else f"{path.name}.arch")
         if path.parent == Path(".") and bundled.is_file():
             return bundled

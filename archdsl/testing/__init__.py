@@ -27,11 +27,13 @@ from archdsl.testing.checks import (
     check_lowering, count_macs, count_params, emitted_shapes, real_shapes, source_module,
 )
 from archdsl.testing.generator import KINDS, SHORTCUTS, Config, GeneratedNet, graphs, nets, specs
-from archdsl.testing.hostile import TOKENS, bundled_sources, hostile_text, mutated_specs, token_soup
+from archdsl.testing.hostile import (
+    TOKENS, bundled_sources, hostile_text, limit_probes, mutated_specs, token_soup,
+)
 
 __all__ = [
     "Config", "GeneratedNet", "KINDS", "SHORTCUTS", "TOKENS",
     "nets", "specs", "graphs",
-    "bundled_sources", "mutated_specs", "token_soup", "hostile_text",
+    "bundled_sources", "mutated_specs", "token_soup", "hostile_text", "limit_probes",
     "check_lowering", "count_macs", "count_params", "real_shapes", "source_module", "emitted_shapes",
 ]

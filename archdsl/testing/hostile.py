@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from archdsl.testing.generator import specs
 
+
 def bundled_sources() -> list[tuple[str, str]]:
     """(path, text) of every bundled spec, library files included."""
     from archdsl.frontend.loader import SPECS_DIR
@@ -28,6 +29,28 @@ TOKENS = (
     "9" * 30, "#", "# note\n", "\\\n", "\t", "\r\n", "\x00", "\x0c", "\u2028", "é", "🙂", "{n}", "{2*c}",
     "{(1)}", "{-1}", "{1/0}", "{c//2}", '"a\x00.arch"', '"' + "a" * 300 + '.arch"', '"' + "a/" * 2100 + 'x.arch"',
     '"/"', '".arch"', '"lib"', '"../specs/vgg_a.arch"', '"lib/../lib/resnet.arch"',
+    # digits inside layer names, past what int() reads
+    "conv" + "9" * 4301 + "-4", "conv3x" + "9" * 150 + "-4", "maxpool" + "7" * 500, "conv0-4",
+    # terminal escapes and bidirectional overrides in strings
+    '"\x1b[2J\x1b]0;title\x07"', '"\u202e"', "tag=\"\x1b[31m\"",
+    # sizes at and past the limits; numbers that are not finite or not whole
+    "in=4194304", "alpha=1e308", "size=1000000", "p=0.9999999", "1e308", "2.5", "18.0",
+    # paths that are not spec files: kernel interfaces, devices, a name too long
+    '"/proc/self/status.arch"', '"/dev/zero.arch"', '"' + "a" * 5000 + '.arch"', "\ufeff",
+)
+
+#: Layer names, numbers and texts at and past the limits, for :func:`limit_probes`.
+_PROBES = (
+    lambda n: "net a : 3x8x8 { conv3-{" + "+".join(["1"] * n) + "} }",  # operators chained
+    lambda n: "net a : 3x8x8 { conv3-{" + "(" * n + "4" + ")" * n + "} }",  # parentheses
+    lambda n: "net a : 3x8x8 {" + "residual {" * n + "conv3-3" + "}" * n + "}",  # residual units
+    lambda n: "net a : 3x8x8 { conv3-4 x" + str(n) + " }",  # repeats
+    lambda n: "net a : 3x8x8 {\n" + "conv3-4\n" * n + "}\n",  # statements
+    lambda n: "block a() { relu x0 }\nblock b() { a() x" + str(n) + " }\nnet n : 3x8x8 { b() x" + str(n) + "; relu }",
+    lambda n: "".join(f"block b{i}() {{ b{i + 1}() }}\n" for i in range(n)) + f"block b{n}() {{ relu }}\n"
+              "net n : 3x8x8 { b0() }",  # block calls
+    lambda n: "net a : 3x8x8 { conv" + "9" * n + "-4 }",  # digits in a layer name
+    lambda n: "net a : 64x256x256 { fc-10 in=" + str(n) + " }",  # in= near the true 4194304
 )
 
 
@@ -39,7 +62,8 @@ def token_soup(max_tokens: int = 60) -> st.SearchStrategy[str]:
 
 
 _TOKEN = re.compile(r"\w+|\s+|.", re.S)
-_NUMBERS = ("0", "1", "2", "3", "7", "64", "4096", "65536", "1000000", "1000000000", "99999999999999999999")
+_NUMBERS = ("0", "1", "2", "3", "7", "64", "4096", "65536", "1000000", "1000000000", "99999999999999999999",
+            "9" * 4301)
 _WORDS = ("conv3", "conv1x7", "fc", "maxpool", "gap", "bn", "relu", "softmax", "LRN", "dropout", "residual",
           "basic", "bottleneck", "stride", "pad", "groups", "shortcut", "A", "Z", "none", "identity", "x",
           "n", "c", "classes", "true", "imagenet_stem", "net", "block", "import")
@@ -100,11 +124,22 @@ def mutated_specs(sources: list[str] | None = None, max_mutations: int = 4) -> s
     return st.sampled_from(texts).flatmap(lambda t: _mutate(t, max_mutations))
 
 
+def limit_probes(max_size: int = 3000) -> st.SearchStrategy[str]:
+    """Specs that grow with a number up to ``max_size`` (and one past 4,194,304 for ``in=``):
+    chains of operators, nested parentheses and residual units, repeats, statements, repeated
+    repeats of empty blocks, chains of block calls, long digit runs in a layer name. Somewhere
+    along each one a limit refuses it; the tests check that the work done stays bounded."""
+    return st.tuples(st.sampled_from(_PROBES), st.integers(0, max_size) | st.integers(4194300, 4194310)).map(
+        lambda pair: pair[0](pair[1] if pair[0] is _PROBES[-1] or pair[1] <= max_size else max_size))
+
+
 def hostile_text(sources: list[str] | None = None) -> st.SearchStrategy[str]:
-    """Mutated specs, token soup, mutated generated specs and arbitrary text, mixed."""
+    """Mutated specs, token soup, mutated generated specs, specs growing past the limits
+    (:func:`limit_probes`) and arbitrary text, mixed."""
     return st.one_of(
         mutated_specs(sources),
         token_soup(),
         specs(max_layers=4, max_depth=1).flatmap(lambda t: _mutate(t, 3)),
+        limit_probes(),
         st.text(max_size=200),
     )
