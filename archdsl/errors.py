@@ -18,7 +18,7 @@ class Span:
     text: str = field(default="", compare=False, repr=False)
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}"
+        return f"{printable(self.file)}:{self.line}:{self.column}"
 
     def excerpt(self) -> str:
         """The source line with a caret (or a run of carets) under the span."""
@@ -81,13 +81,14 @@ class SpecError(Exception):
         return SpecError(self.message, self.span, self.notes + [(note, span)])
 
     def _render(self) -> str:
+        message = printable(self.message)  # it may quote a file name or a --set value
         if self.span is None:
-            return f"error: {self.message}"
-        parts = [f"{self.span}: error: {self.message}"]
+            return f"error: {message}"
+        parts = [f"{self.span}: error: {message}"]
         if self.span.excerpt():
             parts.append(self.span.excerpt())
         for note, span in self.notes:
-            parts.append(f"{span}: note: {note}")
+            parts.append(f"{span}: note: {printable(note)}")
             if span.excerpt():
                 parts.append(span.excerpt())
         return "\n".join(parts)

@@ -679,3 +679,10 @@ def test_in_is_checked_against_the_true_input_size():
     err = spec_error("net a : 64x256x256 { fc-10 in=4194305 }")
     assert "4194305" in err.message and "4194304" in err.message
     assert "max_width" in spec_error("net a : 3x8x8 { fc-2000000 }").message  # widths are still capped
+
+
+def test_a_file_name_with_escapes_is_escaped_in_errors(tmp_path):
+    spec = tmp_path / "\x1b]0;owned\x07.arch"
+    spec.write_text("net a : 3x8x8 { conv3-4 ) }\n")
+    code, out, err = run_cli("check", spec)
+    assert code == 2 and not CONTROL & set(out + err) and "\\x1b]0;owned\\x07.arch:1:" in err
