@@ -93,7 +93,8 @@ def table(graph: ArchGraph, brief: bool = False) -> str:
 
     activations = sum(d["meta"]["activations"] for _, d in graph.nodes(data=True))
     params = printable(arguments(graph.graph.get("params", {})))
-    lines = [printable(graph.name) + (f" ({params})" if params else ""), fmt(header), "  ".join("-" * w for w in widths)]
+    title = printable(graph.name) + (f" ({params})" if params else "")
+    lines = [title, fmt(header), "  ".join("-" * w for w in widths)]
     lines += [fmt(r) for r in body]
     lines += [
         "",
