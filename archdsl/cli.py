@@ -1,24 +1,56 @@
 """The command line: ``archdsl build | check | summary | list | eval | fmt | kernels``.
 
 Errors in a spec print as ``file:line:col: error: ...`` with the line and a caret, and exit 2;
-an internal error (a bug in archdsl) prints as one, without a traceback, and exits 3.
+so does an argument that cannot be used (an output path that is a device, say); an internal
+error (a bug in archdsl) prints as one, without a traceback, and exits 3.
+
+Each command is a :class:`Command` in :data:`COMMANDS`: its arguments, the function that runs
+it and an example for its help. A new command is one more entry (:func:`register`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from archdsl.errors import SpecError
+from archdsl.errors import SpecError, UsageError, printable
 from archdsl.frontend.values import parse_cli_value
 from archdsl.ir import Shape
-from archdsl.limits import DEFAULT
+from archdsl.limits import DEFAULT, Limits, tally
 from archdsl.registry import list_specs
 
+#: Where ``build`` writes when no ``-o`` is given (not ``build/``, which is setuptools' own).
+OUTPUT_DIR = Path("archdsl-out")
 
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, one line of help, its arguments, what runs it, an example."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    example: str
+    description: str = ""
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def register(command: Command) -> Command:
+    """Add a subcommand (it appears in ``archdsl --help`` in the order registered)."""
+    COMMANDS[command.name] = command
+    return command
+
+
+# -- argument types -------------------------------------------------------------------------
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip().isidentifier():
@@ -33,85 +65,9 @@ def _shape(text: str) -> Shape:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="a .arch file, or the name of a bundled spec (see 'archdsl list')")
-    p.add_argument("--set", dest="params", metavar="NAME=VALUE", type=_key_value, action="append", default=[],
-                   help="set a net parameter, e.g. --set n=18 or --set shortcut=A (repeatable)")
-    p.add_argument("--input", type=_shape, metavar="CxHxW", help="input shape, overriding the spec's")
-    p.add_argument("--net", help="which net of the file (when it defines several)")
-    p.add_argument("--limit", dest="limits", metavar="NAME=VALUE", type=_key_value, action="append", default=[],
-                   help="raise or lower a resource limit, e.g. --limit max_nodes=1000000")
-
-
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="archdsl", description="Compile CNN architecture specs to PyTorch.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("build", help="check a spec, print its summary, write the PyTorch module")
-    _spec_args(p)
-    p.add_argument("-o", "--output", help="output file (default build/<net>.py)")
-    p.add_argument("--backend", choices=("torch", "triton"), default="torch")
-    p.add_argument("--brief", action="store_true", help="summary rows for weighted layers only")
-    p.add_argument("--dense", action="store_true",
-                   help="the fully-convolutional form for dense evaluation (fc layers become convolutions "
-                        "converted at the spec's input size; --input sets the size it is summarised at); "
-                        "it loads the ordinary module's state dict unchanged (default output build/<net>_dense.py)")
-
-    p = sub.add_parser("check", help="check a spec: parse, expand, shapes")
-    _spec_args(p)
-
-    p = sub.add_parser("summary", help="per-layer shapes, parameters, MACs, receptive field")
-    _spec_args(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--brief", action="store_true", help="rows for weighted layers only")
-
-    sub.add_parser("list", help="the bundled specs")
-
-    p = sub.add_parser("fmt", help="print a spec in the canonical layout (comments kept)")
-    p.add_argument("spec", help="a .arch file, or the name of a bundled spec")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--check", action="store_true",
-                      help="print nothing; exit 1 if the file is not in the canonical layout")
-    mode.add_argument("-i", "--in-place", action="store_true", help="rewrite the file in the canonical layout")
-
-    p = sub.add_parser("eval", help="top-1/top-5 error on a labelled image folder, by the VGG test protocol "
-                                    "(dense multi-scale, multi-crop, or both)")
-    _spec_args(p)
-    p.add_argument("--weights", required=True, metavar="FILE",
-                   help="state dict of the ordinary module: torch.save file or .safetensors")
-    p.add_argument("--data", required=True, metavar="DIR",
-                   help="one sub-folder of images per class; sorted folder names are the class indices")
-    p.add_argument("--scales", type=_ints, default=(256, 384, 512), metavar="Q,Q,...",
-                   help="test scales, the rescaled image's smallest side (default 256,384,512)")
-    p.add_argument("--multi-crop", action="store_true",
-                   help="multi-crop evaluation instead of dense: a grid of crops of the net's input size "
-                        "and their flips per scale, through the ordinary net")
-    p.add_argument("--combine", action="store_true", help="dense, multi-crop, and the average of the two")
-    p.add_argument("--grid", type=int, default=5, help="multi-crop grid size (default 5: 5x5 crops x 2 flips)")
-    p.add_argument("--mean", type=_floats, default=None, metavar="R,G,B",
-                   help="per-channel mean subtracted from 0..255 pixels (default ImageNet's 123.68,116.779,103.939)")
-    p.add_argument("--std", type=_floats, default=(1.0, 1.0, 1.0), metavar="R,G,B",
-                   help="per-channel divisor after the mean, on the 0..255 scale (default 1,1,1; "
-                        "torchvision-trained weights: 58.395,57.12,57.375)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--batch", type=int, default=50, help="crops per forward pass in multi-crop evaluation")
-
-    p = sub.add_parser("kernels", help="compile the triton backend's kernels for a GPU, offline (no GPU needed), "
-                                       "and report each config's shared memory, registers and spills")
-    _spec_args(p)
-    p.add_argument("--arch", type=int, default=90, choices=(80, 86, 87, 89, 90, 100), metavar="CC",
-                   help="compute capability to compile for: 80, 86, 87, 89, 90 or 100 (default 90, the H100)")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
-    p.add_argument("--batch", type=int, default=64, help="batch size of the launches (default 64)")
-    p.add_argument("--training", action="store_true",
-                   help="the launches of a training step: BN unfolded, and LRN's backward kernel")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--check", action="store_true",
-                   help="exit 1 if a config does not compile, does not fit or spills, or a launch has no config")
-    return ap
-
-
 def _numbers(kind, text: str) -> tuple:
+    if len(text) > 1000:
+        raise argparse.ArgumentTypeError(f"expected a short list of numbers, found {len(text)} characters")
     try:
         values = tuple(kind(v) for v in text.split(","))
     except ValueError:
@@ -125,6 +81,16 @@ def _ints(text: str) -> tuple[int, ...]:
     return _numbers(int, text)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
+    return value
+
+
 def _floats(text: str) -> tuple[float, ...]:
     values = _numbers(float, text)
     if len(values) != 3:
@@ -132,25 +98,69 @@ def _floats(text: str) -> tuple[float, ...]:
     return values
 
 
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="a .arch file, or the name of a bundled spec (see 'archdsl list')")
+    p.add_argument("--set", dest="params", metavar="NAME=VALUE", type=_key_value, action="append", default=[],
+                   help="set a net parameter, e.g. --set n=18 or --set shortcut=A (repeatable)")
+    p.add_argument("--input", type=_shape, metavar="CxHxW", help="input shape, overriding the spec's, e.g. 3x384x384")
+    p.add_argument("--net", help="which net of the file (when it defines several)")
+    p.add_argument("--limit", dest="limits", metavar="NAME=VALUE", type=_key_value, action="append", default=[],
+                   help="raise or lower a resource limit, e.g. --limit max_nodes=100000 (repeatable; "
+                        "the limits are listed in the README)")
+
+
+# -- loading and writing ----------------------------------------------------------------------
+def _limits(args) -> Limits:
+    if not args.limits:
+        return DEFAULT
+    try:
+        return DEFAULT.updated(**{k: int(v) for k, v in args.limits})
+    except ValueError as err:
+        raise UsageError(f"--limit: {err}") from None
+
+
 def _load(args, dense: bool = False):
     """The graph of the spec the arguments name; with ``dense``, (graph, dense input) for the
     dense form (see :func:`archdsl.pipeline.load_for_dense`)."""
     from archdsl.pipeline import load, load_for_dense
 
-    limits = DEFAULT
-    if args.limits:
-        try:
-            limits = DEFAULT.updated(**{k: int(v) for k, v in args.limits})
-        except ValueError as err:
-            raise SpecError(f"--limit: {err}") from None
+    limits = _limits(args)
     params = {k: parse_cli_value(v) for k, v in args.params}
     if dense:
         return load_for_dense(args.spec, net=args.net, input=args.input, limits=limits, params=params)
     return load(args.spec, net=args.net, input=args.input, limits=limits, params=params)
 
 
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def check_output(path: Path) -> None:
+    """Refuse an output path that exists and is not a regular file: writing there would replace
+    a device, a FIFO or a link with a file (``-o /dev/null`` run as root), or fail on a directory.
+
+    Raises:
+        UsageError: naming what the path is.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise UsageError(f"cannot write {printable(str(path))}: {err.strerror or err}") from None
+    if not stat.S_ISREG(mode):
+        kind = next((what for test, what in _KINDS if test(mode)), "not a regular file")
+        hint = f" (it points to {printable(os.readlink(path))}: give that path)" if stat.S_ISLNK(mode) else ""
+        raise UsageError(f"refusing to write {printable(str(path))}: it is {kind}, and an output only ever "
+                         f"replaces a regular file{hint}")
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half.
+
+    Only a regular file is replaced (see :func:`check_output`).
+    """
+    check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:  # keep an existing file's permissions; a new one gets the usual (mkstemp's are 0600)
         mode = path.stat().st_mode & 0o777
@@ -158,15 +168,50 @@ def write_atomic(path: Path, text: str) -> None:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.chmod(tmp, mode)
+        check_output(path)  # nothing but a regular file appeared there meanwhile
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _output_path(output: str | None, default_name: str) -> Path:
+    """``-o``: a file, or a folder (an existing one, or one written with a trailing slash) to
+    write ``default_name`` into; no ``-o``: ``archdsl-out/<default_name>``."""
+    if output is None:
+        out = OUTPUT_DIR / default_name
+    elif output.endswith(("/", os.sep)) or (os.path.isdir(output) and not os.path.islink(output)):
+        out = Path(output) / default_name
+    else:
+        out = Path(output)
+    check_output(out)
+    for parent in out.parents:  # a folder to be made must not be in the way of a file
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"cannot write {printable(str(out))}: {printable(str(parent))} is not a directory")
+            break
+    return out
+
+
+# -- the commands -------------------------------------------------------------------------------
+def _build_args(p: argparse.ArgumentParser) -> None:
+    _spec_args(p)
+    p.add_argument("-o", "--output", metavar="PATH",
+                   help=f"output file, or a folder to write <net>.py into (default {OUTPUT_DIR}/<net>.py)")
+    p.add_argument("--backend", choices=("torch", "triton"), default="torch",
+                   help="torch: PyTorch layers; triton: archdsl's fused Triton kernels where they apply "
+                        "(default torch)")
+    p.add_argument("--brief", action="store_true", help="summary rows for weighted layers only")
+    p.add_argument("--dense", action="store_true",
+                   help="the fully-convolutional form for dense evaluation (fc layers become convolutions "
+                        "converted at the spec's input size; --input sets the size it is summarised at); "
+                        f"it loads the ordinary module's state dict unchanged (default output "
+                        f"{OUTPUT_DIR}/<net>_dense.py)")
 
 
 def _build(args) -> int:
@@ -174,18 +219,26 @@ def _build(args) -> int:
     from archdsl.pipeline import lower_graph
     from archdsl.summary import table
 
-    graph, dense_input = _load(args, dense=True) if args.dense else (_load(args), None)
+    limits = _limits(args)
+    if args.dense:
+        graph, dense_input = _load(args, dense=True)
+    else:
+        graph, dense_input = _load(args), None
+    # The output is checked before the work and the summary, so a bad -o costs nothing.
+    out = _output_path(args.output, f"{graph.name}_dense.py" if args.dense else f"{graph.name}.py")
     lowered = lower_graph(graph, args.backend, dense=args.dense, dense_input=dense_input)
     source = emit_source(lowered, backend=args.backend)
-    default = f"{graph.name}_dense.py" if args.dense else f"{graph.name}.py"
-    out = Path(args.output) if args.output else Path("build") / default
+    tally(emitted_bytes=len(source))
+    if len(source) > limits.max_output_bytes:
+        raise SpecError(f"the module source of net {graph.name!r} is {len(source):,} bytes, over the limit of "
+                        f"{limits.max_output_bytes:,} (limit max_output_bytes)", graph.graph.get("spec"))
     print(table(lowered, brief=args.brief))
     if args.backend == "triton":
         from archdsl.passes.fuse import fusion_summary
 
         print(f"backend triton: {fusion_summary(lowered)}")
     write_atomic(out, source)
-    print(f"\nwrote {out}")
+    print(f"\nwrote {printable(str(out))}")
     return 0
 
 
@@ -194,6 +247,14 @@ def _check(args) -> int:
     print(f"ok: {graph.name}: {graph.input_shape} -> {graph.output_shape}, {graph.params:,} parameters, "
           f"{graph.macs:,} MACs")
     return 0
+
+
+def _summary_args(p: argparse.ArgumentParser) -> None:
+    _spec_args(p)
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output: counts are param_count, mac_count, flop_count; the net's "
+                        "parameter values are arguments; each layer has its file, line and column")
+    p.add_argument("--brief", action="store_true", help="rows for weighted layers only")
 
 
 def _summary(args) -> int:
@@ -205,47 +266,46 @@ def _summary(args) -> int:
 
 
 def _list(args) -> int:
-    specs = list_specs()
-    width = max(len(s.name) for s in specs)
-    for s in specs:
-        print(f"{s.name:<{width}}  {s.description}")
-    return 0
+    from archdsl.pipeline import load
+    from archdsl.summary import arguments
 
-
-def _eval(args) -> int:
-    import torch
-
-    from archdsl import evaluation as ev
-
-    graph = _load(args)
-    try:
-        if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-            raise ev.EvalError(f"--device {args.device}: no CUDA device is available")
+    rows = [("spec", "parameters", "arguments (defaults)", "description")]
+    for s in list_specs():
         try:
-            torch.device(args.device)
-        except RuntimeError as err:
-            raise ev.EvalError(f"--device: {err}") from None
-        results = ev.evaluate(
-            graph, ev.load_weights(args.weights), args.data, scales=args.scales,
-            dense=not args.multi_crop or args.combine, multi_crop=args.multi_crop or args.combine,
-            combine=args.combine, mean=args.mean or ev.IMAGENET_MEAN, std=args.std,
-            device=args.device, batch=args.batch, grid=args.grid)
-    except ev.EvalError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    crops = {"multi-crop": 2 * args.grid ** 2 * len(args.scales)}
-    print(f"{graph.name} on {args.data}: scales {','.join(map(str, args.scales))}, device {args.device}")
-    print(ev.table(results, crops))
+            graph = load(s.path)
+            n_params, values = f"{graph.params:,}", arguments(graph.graph.get("params", {}))
+        except SpecError as err:  # a bundled spec that needs a value: say so rather than fail
+            n_params, values = "?", err.message
+        rows.append((s.name, n_params, values or "-", s.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for name, params, values, description in rows:
+        print(f"{name:<{widths[0]}}  {params:>{widths[1]}}  {values:<{widths[2]}}  {description}".rstrip())
     return 0
+
+
+def _fmt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="a .arch file, or the name of a bundled spec (printing only)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="print nothing; exit 1 if the file is not in the canonical layout")
+    mode.add_argument("-i", "--in-place", action="store_true",
+                      help="rewrite the file in the canonical layout (a regular file of yours: not a link, "
+                           "not a bundled spec)")
 
 
 def _fmt(args) -> int:
-    from archdsl.frontend.loader import read_source
+    from archdsl.frontend.loader import SPECS_DIR, check_text, read_source
     from archdsl.frontend.printer import format_text
     from archdsl.registry import resolve_spec
 
     path = resolve_spec(args.spec)
+    if args.in_place:
+        check_output(path)
+        if path.resolve().is_relative_to(SPECS_DIR.resolve()):
+            raise UsageError(f"refusing to rewrite the bundled spec {path}: it belongs to the installed package "
+                             f"(copy it first: archdsl fmt {args.spec} > my.arch)")
     text = read_source(path, DEFAULT)
+    check_text(text, str(path), DEFAULT)
     canonical = format_text(text, str(path))
     if args.check:
         if text != canonical:
@@ -260,6 +320,70 @@ def _fmt(args) -> int:
     return 0
 
 
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    _spec_args(p)
+    p.add_argument("--weights", required=True, metavar="FILE",
+                   help="state dict of the ordinary module: torch.save file (read with weights_only=True) "
+                        "or .safetensors")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="one sub-folder of images per class; sorted folder names are the class indices")
+    p.add_argument("--scales", type=_ints, default=(256, 384, 512), metavar="Q,Q,...",
+                   help="test scales, the rescaled image's smallest side (default 256,384,512; a few, "
+                        "from the net's input size to 1024 or four times it)")
+    p.add_argument("--multi-crop", action="store_true",
+                   help="multi-crop evaluation instead of dense: a grid of crops of the net's input size "
+                        "and their flips per scale, through the ordinary net")
+    p.add_argument("--combine", action="store_true", help="dense, multi-crop, and the average of the two")
+    p.add_argument("--grid", type=_positive, default=5,
+                   help="multi-crop grid size (default 5: 5x5 crops x 2 flips)")
+    p.add_argument("--mean", type=_floats, default=None, metavar="R,G,B",
+                   help="per-channel mean subtracted from 0..255 pixels (default ImageNet's 123.68,116.779,103.939)")
+    p.add_argument("--std", type=_floats, default=(1.0, 1.0, 1.0), metavar="R,G,B",
+                   help="per-channel divisor after the mean, on the 0..255 scale (default 1,1,1; "
+                        "torchvision-trained weights: 58.395,57.12,57.375)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--batch", type=_positive, default=50, help="crops per forward pass in multi-crop evaluation")
+
+
+def _eval(args) -> int:
+    import torch
+
+    from archdsl import evaluation as ev
+
+    graph = _load(args)
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ev.EvalError(f"--device {args.device}: no CUDA device is available")
+    try:
+        torch.device(args.device)
+    except RuntimeError as err:
+        raise ev.EvalError(f"--device: {err}") from None
+    results = ev.evaluate(
+        graph, ev.load_weights(args.weights), args.data, scales=args.scales,
+        dense=not args.multi_crop or args.combine, multi_crop=args.multi_crop or args.combine,
+        combine=args.combine, mean=args.mean or ev.IMAGENET_MEAN, std=args.std,
+        device=args.device, batch=args.batch, grid=args.grid)
+    crops = {"multi-crop": 2 * args.grid ** 2 * len(args.scales)}
+    print(f"{graph.name} on {printable(str(args.data))}: scales {','.join(map(str, args.scales))}, "
+          f"device {args.device}")
+    print(ev.table(results, crops))
+    return 0
+
+
+def _kernels_args(p: argparse.ArgumentParser) -> None:
+    _spec_args(p)
+    p.add_argument("--arch", type=int, default=90, choices=(80, 86, 87, 89, 90, 100), metavar="CC",
+                   help="compute capability to compile for: 80, 86, 87, 89, 90 or 100 (default 90, the H100)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
+                   help="data type of the activations and weights (default bf16)")
+    p.add_argument("--batch", type=int, default=64, help="batch size of the launches (default 64)")
+    p.add_argument("--training", action="store_true",
+                   help="the launches of a training step: BN unfolded, and LRN's backward kernel")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 if a config does not compile, does not fit or spills, or a launch has no config")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+
+
 def _kernels(args) -> int:
     import json
 
@@ -270,7 +394,9 @@ def _kernels(args) -> int:
 
         if args.batch < 1:
             raise ValueError(f"--batch must be positive, got {args.batch}")
-        rep = aot.report(lower_graph(graph, "triton"), arch=args.arch, dtype=args.dtype, batch=args.batch, training=args.training)
+        progress = None if args.quiet else _progress_lines(f"sm_{args.arch}")
+        rep = aot.report(lower_graph(graph, "triton"), arch=args.arch, dtype=args.dtype, batch=args.batch,
+                         training=args.training, progress=progress)
     except (ImportError, ValueError, RuntimeError) as err:  # aot.AotError is a RuntimeError
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -278,19 +404,68 @@ def _kernels(args) -> int:
     return 1 if args.check and rep.problems() else 0
 
 
-COMMANDS = {"build": _build, "check": _check, "summary": _summary, "list": _list, "eval": _eval,
-            "fmt": _fmt, "kernels": _kernels}
+def _progress_lines(target: str) -> Callable:
+    """A progress hook printing one line per kernel config to stderr as it starts compiling
+    (lines rather than a bar: they read the same in a terminal and in a CI log)."""
+    done = 0
+
+    def progress(row) -> None:
+        nonlocal done
+        done += 1
+        print(f"[{done}] compiling {row.kernel} {row.variant} {row.config} for {target} ({row.layers[0]})",
+              file=sys.stderr, flush=True)
+
+    return progress
+
+
+for _command in (
+    Command("build", "check a spec, print its summary, write the PyTorch module", _build_args, _build,
+            "archdsl build vgg_e -o models/   # writes models/vgg_e.py"),
+    Command("check", "check a spec: parse, expand, shapes", _spec_args, _check,
+            "archdsl check cifar_resnet --set n=18"),
+    Command("summary", "per-layer shapes, parameters, MACs, receptive field", _summary_args, _summary,
+            "archdsl summary resnet50 --brief"),
+    Command("list", "the bundled specs, with their parameter counts and arguments", lambda p: None, _list,
+            "archdsl list"),
+    Command("fmt", "print a spec in the canonical layout (comments kept)", _fmt_args, _fmt,
+            "archdsl fmt -i my_net.arch"),
+    Command("eval", "top-1/top-5 error on a labelled image folder, by the VGG test protocol "
+                    "(dense multi-scale, multi-crop, or both)", _eval_args, _eval,
+            "archdsl eval vgg_d --weights vgg16.pt --data val/ --scales 256,384,512 --combine"),
+    Command("kernels", "compile the triton backend's kernels for a GPU, offline (no GPU needed), "
+                       "and report each config's shared memory, registers and spills", _kernels_args, _kernels,
+            "archdsl kernels resnet50 --arch 90 --dtype bf16 --check"),
+):
+    register(_command)
+
+
+def parser() -> argparse.ArgumentParser:
+    from archdsl import __version__
+
+    ap = argparse.ArgumentParser(prog="archdsl", description="Compile CNN architecture specs to PyTorch.",
+                                 epilog="example: archdsl build vgg_e   (see 'archdsl COMMAND --help')")
+    ap.add_argument("--version", action="version", version=f"archdsl {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS.values():
+        p = sub.add_parser(command.name, help=command.help, description=command.description or command.help,
+                           epilog=f"example:\n  {command.example}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        command.arguments(p)
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command].run(args)
     except SpecError as err:
         print(err, file=sys.stderr)
         return 2
-    except OSError as err:
+    except UsageError as err:  # eval's EvalError among them
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: {printable(str(err))}", file=sys.stderr)
         return 2
     except Exception as err:  # a bug in archdsl, never a fault of the spec: say so, exit 3
         print(f"error: internal error: {type(err).__name__}: {err}\n"

@@ -1,4 +1,6 @@
-"""Source spans and the one error type a user can cause: :class:`SpecError`."""
+"""Source spans, the one error type a spec can cause (:class:`SpecError`), the error of a
+command-line argument that cannot be used (:class:`UsageError`), and :func:`printable`, which
+every piece of spec text passes through before it reaches a terminal."""
 
 from __future__ import annotations
 
@@ -16,14 +18,15 @@ class Span:
     text: str = field(default="", compare=False, repr=False)
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}"
+        return f"{printable(self.file)}:{self.line}:{self.column}"
 
     def excerpt(self) -> str:
         """The source line with a caret (or a run of carets) under the span."""
         if not self.text:
             return ""
         line = self.text.rstrip("\r\n").expandtabs(1)
-        # Control characters would reach the terminal as they are: show them as '?'.
+        # Control characters would reach the terminal as they are: show them as '?' (one
+        # character each, so that the caret stays under the column).
         line = "".join(ch if ch.isprintable() else "?" for ch in line)
         column = self.column
         if len(line) > _EXCERPT:  # a window of a long line, around the column
@@ -78,13 +81,14 @@ class SpecError(Exception):
         return SpecError(self.message, self.span, self.notes + [(note, span)])
 
     def _render(self) -> str:
+        message = printable(self.message)  # it may quote a file name or a --set value
         if self.span is None:
-            return f"error: {self.message}"
-        parts = [f"{self.span}: error: {self.message}"]
+            return f"error: {message}"
+        parts = [f"{self.span}: error: {message}"]
         if self.span.excerpt():
             parts.append(self.span.excerpt())
         for note, span in self.notes:
-            parts.append(f"{span}: note: {note}")
+            parts.append(f"{span}: note: {printable(note)}")
             if span.excerpt():
                 parts.append(span.excerpt())
         return "\n".join(parts)
@@ -102,3 +106,14 @@ class SpecWarning(UserWarning):
         text = f"{span}: warning: {message}" if span else f"warning: {message}"
         excerpt = span.excerpt() if span else ""
         super().__init__(f"{text}\n{excerpt}" if excerpt else text)
+class UsageError(Exception):
+    """A command-line argument that cannot be used: an output path that is a device, a FIFO,
+    a directory or a symbolic link; a bundled spec given to ``fmt -i``; a bound exceeded."""
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on (escape sequences, other control
+    characters, bidirectional overrides) written as a Python escape, ``\\x1b`` for ESC."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)

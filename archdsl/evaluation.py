@@ -20,20 +20,29 @@ VGG's: subtract the ImageNet mean RGB value, no scaling (``std`` 1); weights tra
 torchvision way take ``mean=IMAGENET_MEAN, std=IMAGENET_STD``.
 
 The image folder holds one sub-folder per class; sorted sub-folder names give the class
-indices 0, 1, 2, ... (the convention of ImageNet's synset folders); image files are decoded
-with Pillow.
+indices 0, 1, 2, ... (the convention of ImageNet's synset folders), so the number of class
+folders must be the number of classes the net scores: with any other number the labels would
+not line up with the net's outputs, and the error rates would be wrong without a sign of it
+(an empty folder stands for a class without images). Image files are decoded with Pillow,
+with its decompression-bomb guard as an error; every decoding failure is an :class:`EvalError`.
+
+Weights are read with ``torch.load(..., weights_only=True)``, which runs no code from the
+file, or from ``.safetensors``; a file that is neither says what it looks like.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import torch
 
+from archdsl.errors import UsageError, printable
 from archdsl.ir import ArchGraph
 
 #: ImageNet mean RGB value on the 0..255 scale (VGG's normalisation: subtract it, nothing else).
@@ -44,9 +53,15 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pbm",
                             ".tif", ".tiff"})
 METHODS = ("dense", "multi-crop", "dense + multi-crop")
+#: Most test scales one run takes, and the largest grid: each costs a forward pass per image.
+MAX_SCALES, MAX_GRID = 16, 32
+#: The largest test scale: 1024, or four times the net's input size for a net larger than 256.
+MAX_SCALE = 1024
+#: Pixels an image may have (Pillow's decompression-bomb limit, enforced as an error here).
+MAX_PIXELS = 89_478_485
 
 
-class EvalError(Exception):
+class EvalError(UsageError):
     """Something wrong with the evaluation's inputs: the weights, the image folder, the scales."""
 
 
@@ -79,13 +94,28 @@ def image_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
 
 
 def load_image(path: str | Path):
-    """An RGB ``PIL.Image`` (grey, palette and alpha images are converted)."""
+    """An RGB ``PIL.Image`` (grey, palette and alpha images are converted).
+
+    Raises:
+        EvalError: the file is not an image Pillow can decode, or it is larger than
+            :data:`MAX_PIXELS` (a decompression bomb: a small file that decodes to gigabytes).
+    """
     Image = _pil()
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size  # from the header, before anything is decoded
+                if w * h > MAX_PIXELS:
+                    raise EvalError(f"cannot read image {path}: it is {w}x{h} pixels, over the limit of "
+                                    f"{MAX_PIXELS:,} (a decompression bomb?)")
+                return img.convert("RGB")
+    except EvalError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise EvalError(f"cannot read image {path}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - decoders raise many types on a corrupt file
+        raise EvalError(f"cannot read image {path}: {type(err).__name__}: {str(err)[:200]}") from None
 
 
 def rescale(img, q: int):
@@ -110,33 +140,101 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from ``torch.save`` (read with ``weights_only=True``) or a ``.safetensors`` file.
 
     A checkpoint that wraps the state dict under ``"state_dict"`` or ``"model"`` is unwrapped.
+
+    Raises:
+        EvalError: the file is missing, is neither kind of checkpoint (the message says what it
+            looks like), or holds something other than a mapping of names to tensors.
     """
     path = Path(path)
     if not path.is_file():
         raise EvalError(f"no weights file {str(path)!r}")
-    if path.suffix == ".safetensors":
+    kind = file_kind(path)
+    if path.suffix == ".safetensors" or kind == "a safetensors file":
         try:
             from safetensors.torch import load_file
         except ImportError:
             raise EvalError(f"{path} is a safetensors file; reading it needs the safetensors "
                             "package: pip install safetensors") from None
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise EvalError(f"cannot read weights {path}: not a valid .safetensors file ({kind}): "
+                            f"{str(err)[:200]}") from None
+    elif kind not in ("a torch.save file", "a pickle (torch.save's legacy format)"):
+        raise EvalError(f"cannot read weights {path}: it is not a torch.save checkpoint or a .safetensors "
+                        f"file; it looks like {kind}")
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # unpickling errors come in many types
-            raise EvalError(f"cannot read weights {path}: {err}") from None
+        except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise EvalError(f"cannot read weights {path} ({kind}) with torch.load(weights_only=True), "
+                            f"which reads tensors and plain containers only: {first}") from None
     if isinstance(state, Mapping) and not all(isinstance(v, torch.Tensor) for v in state.values()):
         for key in ("state_dict", "model"):  # a training checkpoint: weights plus epoch, optimiser...
             if isinstance(state.get(key), Mapping):
                 state = state[key]
                 break
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise EvalError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+        raise EvalError(f"{path} does not hold a state dict (a mapping of names to tensors); "
+                        f"it holds {type(state).__name__}")
     return dict(state)
 
 
+# Leading bytes of the formats a weights file is most often mistaken for.
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"\x7fELF", "an executable (ELF)"),
+    (b"\x89HDF", "an HDF5 file (Keras weights?)"), (b"\x93NUMPY", "a NumPy .npy array"),
+    (b"BZh", "a bzip2 archive"), (b"\xfd7zXZ", "an xz archive"), (b"7z\xbc\xaf", "a 7-zip archive"),
+)
+
+
+def file_kind(path: Path) -> str:
+    """What a file looks like from its first bytes: ``"a torch.save file"``, ``"a safetensors
+    file"``, ``"a PNG image"``, ``"text beginning '...'"``, ``"empty"``..."""
+    with path.open("rb") as f:
+        head = f.read(256)
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                torch_zip = any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return "a damaged ZIP archive"
+        return "a torch.save file" if torch_zip else "a ZIP archive that is not a torch.save file"
+    if head[0] == 0x80 and len(head) > 1 and head[1] <= 5:
+        return "a pickle (torch.save's legacy format)"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if len(head) >= 9 and head[8:9] == b"{":  # 8-byte little-endian header size, then JSON
+        size = int.from_bytes(head[:8], "little")
+        if size < 100 * 2**20:
+            return "a safetensors file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unknown binary data"
+    first = (text.strip().splitlines() or [""])[0]
+    return f"text beginning {printable(first[:40])!r}"
+
+
 # -- the protocol -----------------------------------------------------------------------------
+
+def check_scales(graph: ArchGraph, scales: Sequence[int]) -> None:
+    """Test scales from the net's input size to :data:`MAX_SCALE` (or four times the input
+    size, for a net larger than 256), at most :data:`MAX_SCALES` of them."""
+    smallest = max(graph.input_shape.h, graph.input_shape.w)
+    largest = max(MAX_SCALE, 4 * smallest)
+    if not scales or any(q < smallest for q in scales):
+        raise EvalError(f"each scale (the rescaled image's smallest side) must be at least the "
+                        f"net's input size {smallest}, found {', '.join(map(str, scales)) or 'none'}")
+    if len(scales) > MAX_SCALES or max(scales) > largest:
+        raise EvalError(f"expected at most {MAX_SCALES} scales of at most {largest} pixels, found "
+                        f"{len(scales)} up to {max(scales)}")
+
 
 def crop_offsets(size: int, crop: int, grid: int) -> list[int]:
     """``grid`` evenly spaced offsets of a ``crop``-long window in ``size`` (first at 0, last at the end)."""
@@ -173,20 +271,43 @@ class Evaluator:
             raise ValueError(f"unknown method(s) {sorted(unknown)}; expected dense, multi-crop")
         if len(mean) != 3 or len(std) != 3 or not all(s > 0 for s in std):
             raise EvalError("mean and std take three values (R, G, B), std above 0")
-        if batch < 1 or grid < 1:
-            raise EvalError("batch and grid must be at least 1")
+        if batch < 1 or not 1 <= grid <= MAX_GRID:
+            raise EvalError(f"batch must be at least 1 and grid from 1 to {MAX_GRID}, found {batch} and {grid}")
         self.graph = graph
         self.crop = (graph.input_shape.h, graph.input_shape.w)
         self.mean, self.std = tuple(mean), tuple(std)
         self.device = torch.device(device)
         self.batch, self.grid = batch, grid
+        # The softmax is applied here, after the averaging the protocol asks for: the modules
+        # give scores whether or not the spec (or compile) ends in a softmax.
         scores = drop_output_softmax(graph)
         self.classes = scores.output_shape.c
+        self._check_fits(scores, state_dict)
         self.fc = self.dense_net = None
         if "multi-crop" in methods:
             self.fc = self._ready(compile(scores), state_dict)
         if "dense" in methods:
             self.dense_net = self._ready(compile(scores, dense=True), state_dict)
+
+    def _check_fits(self, scores: ArchGraph, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Compare the file's names and shapes with the ordinary module's (built on the meta
+        device: no memory), so that a mismatch quotes the file's shapes, not the dense form's."""
+        from archdsl.pipeline import compile
+
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in compile(scores).state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state_dict.items()}
+        problems = [f"{k}: the file has {_dims(found[k])}, the net needs {_dims(expected[k])}"
+                    for k in expected if k in found and found[k] != expected[k]]
+        missing = [k for k in expected if k not in found]
+        unexpected = [k for k in found if k not in expected]
+        if missing:
+            problems.append(f"missing from the file: {_names(missing)}")
+        if unexpected:
+            problems.append(f"in the file but not in the net: {_names(unexpected)}")
+        if problems:
+            shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
+            raise EvalError(f"the weights do not fit net {self.graph.name!r}:\n  " + "\n  ".join(shown))
 
     def _ready(self, module: torch.nn.Module, state_dict) -> torch.nn.Module:
         try:
@@ -196,10 +317,7 @@ class Evaluator:
         return module.to(self.device).eval()
 
     def check_scales(self, scales: Sequence[int]) -> None:
-        smallest = max(self.crop)
-        if not scales or any(q < smallest for q in scales):
-            raise EvalError(f"each scale (the rescaled image's smallest side) must be at least the "
-                            f"net's input size {smallest}, found {', '.join(map(str, scales)) or 'none'}")
+        check_scales(self.graph, scales)
 
     def _input(self, img, q: int) -> torch.Tensor:
         return to_tensor(rescale(img, q), self.mean, self.std)
@@ -238,14 +356,24 @@ class Evaluator:
         return 2 * self.grid * self.grid * len(scales)
 
 
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) or "a scalar"
+
+
+def _names(keys: list[str]) -> str:
+    return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+
 @dataclass
 class Result:
-    """Top-1 and top-5 error (percent) of one method over ``images`` images."""
+    """Top-1 and top-5 error (percent) of one method over ``images`` images of a task with
+    ``classes`` classes (top-5 error is undefined, NaN, with fewer than 5 classes)."""
 
     method: str
     images: int
     top1_errors: int
     top5_errors: int
+    classes: int = 1000
 
     @property
     def top1(self) -> float:
@@ -253,7 +381,9 @@ class Result:
 
     @property
     def top5(self) -> float:
-        return 100.0 * self.top5_errors / self.images if self.images else math.nan
+        if not self.images or self.classes <= 5:  # every class is in the top 5: always right
+            return math.nan
+        return 100.0 * self.top5_errors / self.images
 
 
 def _tally(result: Result, posteriors: torch.Tensor, label: int) -> None:
@@ -280,15 +410,16 @@ def evaluate(graph: ArchGraph, state_dict: Mapping[str, torch.Tensor], data: str
     if not (dense or multi_crop):
         raise EvalError("nothing to evaluate: choose dense and/or multi-crop")
     methods = [m for m, on in (("dense", dense), ("multi-crop", multi_crop)) if on]
+    check_scales(graph, scales)  # the inputs first: building the modules costs seconds
+    classes, samples = image_folder(data)
+    if len(classes) != graph.output_shape.c:
+        raise EvalError(f"{printable(str(data))} has {len(classes)} class folders, but net {graph.name!r} scores "
+                        f"{graph.output_shape.c} classes: the labels are the sorted folder indices, so the two "
+                        "must match (an empty folder stands for a class without images)")
     evaluator = Evaluator(graph, state_dict, methods=methods, mean=mean, std=std, device=device,
                           batch=batch, grid=grid)
-    evaluator.check_scales(scales)
-    classes, samples = image_folder(data)
-    if len(classes) > evaluator.classes:
-        raise EvalError(f"{data} has {len(classes)} class folders, but net {graph.name!r} scores "
-                        f"{evaluator.classes} classes")
     names = methods + (["dense + multi-crop"] if combine else [])
-    results = {name: Result(name, 0, 0, 0) for name in names}
+    results = {name: Result(name, 0, 0, 0, evaluator.classes) for name in names}
     for path, label in _progress(samples, progress):
         img = load_image(path)
         posteriors = {}
@@ -320,7 +451,9 @@ def table(results: Sequence[Result], crops: dict[str, int] | None = None) -> str
     rows = []
     for r in results:
         label = r.method + (f" ({crops[r.method]} crops)" if crops and r.method in crops else "")
-        rows.append((label, str(r.images), f"{r.top1:.2f} %", f"{r.top5:.2f} %"))
+        top5 = f"{r.top5:.2f} %" if not math.isnan(r.top5) else (
+            f"n/a ({r.classes} classes)" if r.classes <= 5 else "n/a")
+        rows.append((label, str(r.images), f"{r.top1:.2f} %", top5))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def fmt(row):

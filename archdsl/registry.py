@@ -34,10 +34,16 @@ def list_specs() -> list[SpecInfo]:
 def resolve_spec(spec: str | Path) -> Path:
     """A spec file path as given, or the bundled spec of that name (``vgg_e`` or ``vgg_e.arch``)."""
     path = Path(spec)
-    if path.is_file():
-        return path
-    bundled = SPECS_DIR / (path.name if path.suffix == ".arch" else f"{path.name}.arch")
-    if path.parent == Path(".") and bundled.is_file():
-        return bundled
+    try:
+        if path.is_file():
+            return path
+        if path.exists():  # a folder, a FIFO, a device: never read as a spec
+            raise SpecError(f"{str(spec)!r} is not a regular file")
+        bundled = SPECS_DIR / (path.name if path.suffix == ".arch" else f"{path.name}.arch")
+        if path.parent == Path(".") and bundled.is_file():
+            return bundled
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte, a symlink loop
+        shown = str(spec) if len(str(spec)) <= 60 else f"{str(spec)[:40]}... ({len(str(spec))} characters)"
+        raise SpecError(f"cannot use the spec path {shown!r}: {getattr(err, 'strerror', None) or err}") from None
     names = ", ".join(s.name for s in list_specs())
     raise SpecError(f"no spec file {str(spec)!r} (bundled specs: {names})")

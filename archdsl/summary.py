@@ -1,9 +1,16 @@
-"""The per-layer summary of a checked graph, as a table for people or JSON for tools."""
+"""The per-layer summary of a checked graph, as a table for people or JSON for tools.
+
+In the JSON, the counts end in ``_count`` (``param_count``, ``mac_count``, ``flop_count``,
+``activation_count``), and ``arguments`` are the values of the net's own parameters
+(``n``, ``shortcut``); every layer names the ``file`` its ``line`` and ``column`` are in (an
+imported library's, for a layer written in one of its blocks).
+"""
 
 from __future__ import annotations
 
 import json
 
+from archdsl.errors import printable
 from archdsl.ir import ArchGraph
 from archdsl.ops import describe
 
@@ -19,31 +26,42 @@ def rows(graph: ArchGraph) -> list[dict]:
             "scope": data["scope"],
             "inputs": list(data["args"]),
             "output_shape": list(meta["shape"].dims),
-            "params": meta["params"],
-            "macs": meta["macs"],
-            "activations": meta["activations"],
+            "param_count": meta["params"],
+            "mac_count": meta["macs"],
+            "activation_count": meta["activations"],
             "receptive_field": meta["rf"],
             "stride": meta["jump"],
+            "file": span.file if span else None,
             "line": span.line if span else None,
+            "column": span.column if span else None,
         })
     return out
 
 
 def to_json(graph: ArchGraph) -> str:
-    """Totals (``params``, ``macs`` and ``flops`` = 2 x MACs, shapes) and per-layer ``layers``."""
+    """Totals (``param_count``, ``mac_count``, ``flop_count`` = 2 x MACs, shapes), the net's
+    ``arguments``, the spec ``files`` the layers come from, and per-layer ``layers``."""
+    layers = rows(graph)
+    files = [graph.graph.get("file")] + [row["file"] for row in layers]
     data = {
         "name": graph.name,
         "file": graph.graph.get("file"),
-        "parameters": graph.graph.get("params", {}),
+        "files": [f for i, f in enumerate(files) if f is not None and f not in files[:i]],
+        "arguments": graph.graph.get("params", {}),
         "input_shape": list(graph.input_shape.dims),
         "output_shape": list(graph.output_shape.dims),
-        "params": graph.params,
-        "macs": graph.macs,
-        "flops": 2 * graph.macs,
-        "activations": sum(d["meta"]["activations"] for _, d in graph.nodes(data=True)),
-        "layers": rows(graph),
+        "param_count": graph.params,
+        "mac_count": graph.macs,
+        "flop_count": 2 * graph.macs,
+        "activation_count": sum(d["meta"]["activations"] for _, d in graph.nodes(data=True)),
+        "layers": layers,
     }
     return json.dumps(data, indent=2)
+
+
+def arguments(values: dict) -> str:
+    """A net's argument values as written on a command line: ``n=18, shortcut=A``."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
 
 
 def _si(n: float) -> str:
@@ -61,10 +79,11 @@ def table(graph: ArchGraph, brief: bool = False) -> str:
     header = ("layer", "op", "output", "params", "MACs", "RF", "stride")
     body = []
     for row in rows(graph):
-        if brief and not row["params"] and row["op"] != "input":
+        if brief and not row["param_count"] and row["op"] != "input":
             continue
         body.append((row["name"], row["layer"], "x".join(map(str, row["output_shape"])),
-                     f"{row['params']:,}" if row["params"] else "", _si(row["macs"]) if row["macs"] else "",
+                     f"{row['param_count']:,}" if row["param_count"] else "",
+                     _si(row["mac_count"]) if row["mac_count"] else "",
                      str(row["receptive_field"]), str(row["stride"])))
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     right = {3, 4, 5, 6}
@@ -73,8 +92,9 @@ def table(graph: ArchGraph, brief: bool = False) -> str:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
 
     activations = sum(d["meta"]["activations"] for _, d in graph.nodes(data=True))
-    params = ", ".join(f"{k}={v}" for k, v in sorted(graph.graph.get("params", {}).items()))
-    lines = [f"{graph.name}" + (f" ({params})" if params else ""), fmt(header), "  ".join("-" * w for w in widths)]
+    params = printable(arguments(graph.graph.get("params", {})))
+    title = printable(graph.name) + (f" ({params})" if params else "")
+    lines = [title, fmt(header), "  ".join("-" * w for w in widths)]
     lines += [fmt(r) for r in body]
     lines += [
         "",

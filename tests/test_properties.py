@@ -27,7 +27,7 @@ import archdsl
 import archdsl.testing as at
 from archdsl import Op
 from archdsl.cli import main
-from archdsl.frontend.loader import SPECS_DIR
+from archdsl.frontend.loader import SPECS_DIR, check_text
 from archdsl.frontend.parser import parse
 from archdsl.frontend.printer import format_expr, format_text
 
@@ -35,8 +35,18 @@ _SCALE = int(os.environ.get("ARCHDSL_EXAMPLES", "1"))
 
 
 def examples(n: int):
+    # deadline=None: a deadline is a wall-clock assert, flaky on a busy machine; instead every
+    # example is small (the generator's defaults keep a net to a few layers of <= 16 channels
+    # and <= 32 pixels, and fuzzed text is cut at FUZZ's token limit), so a failure shrinks in
+    # seconds. Suppressed health checks: too_slow measures time too; data_too_large fires on
+    # nested nets, which draw many choices by design.
     return settings(max_examples=n * _SCALE, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+#: Fuzzed text longer than this many tokens is left to test_hostile (whose limits refuse it):
+#: here it would only make parsing, and shrinking a failure, slow.
+FUZZ = archdsl.Limits(max_tokens=3000)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -167,6 +177,23 @@ def test_unknown_kind_is_refused():
         at.nets(kinds=("conv", "deconv"))
 
 
+def test_the_testing_package_keeps_its_public_api_and_is_packaged():
+    import importlib
+
+    for name in ("specs", "graphs", "nets", "check_lowering", "hostile_text", "mutated_specs", "token_soup",
+                 "bundled_sources", "count_macs", "count_params", "source_module", "Config", "GeneratedNet"):
+        assert callable(getattr(at, name)), name
+    for module in ("generator", "hostile", "checks"):
+        assert importlib.import_module(f"archdsl.testing.{module}")
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)
+    packages = set(project["tool"]["setuptools"]["packages"])
+    assert "archdsl.testing" in packages  # or an installed wheel would lack it
+    assert any(d.split(">")[0].split("=")[0].strip() == "numpy" for d in project["project"]["dependencies"])
+
+
 # -- the canonical printer ------------------------------------------------------------------------
 def assert_round_trip(text: str, file: str = "<string>", base_dir=None):
     canonical = format_text(text, file)
@@ -197,6 +224,7 @@ def test_printer_round_trips_random_specs(net):
 def test_printer_round_trips_whatever_parses(text):
     # mutated specs and token soup that still parse: odd layouts, comments, continuations
     try:
+        check_text(text, "<string>", FUZZ)
         parse(text)
     except archdsl.SpecError:
         return

@@ -30,7 +30,7 @@ from archdsl.frontend.loader import Program, bundled_library_of
 from archdsl.frontend.suggest import did_you_mean
 from archdsl.frontend.values import Value, as_int, describe, evaluate
 from archdsl.ir import ArchGraph, Op, Shape
-from archdsl.limits import Limits
+from archdsl.limits import Limits, tally
 from archdsl.ops import ACTIVATIONS, BEFORE_ACTIVATION, TABLE, output_shape
 from archdsl.ops.merges import concat_mismatch, multiply_mismatch
 
@@ -104,6 +104,7 @@ class Builder:
         name = stem if op is Op.INPUT else f"{stem}{count}"
         args = (self.current,) if args is None else args
         self.graph.add_op(name, op, args, attrs, span=span, scope=scope.path)
+        tally(nodes=1)
         node = self.graph.nodes[name]
         node["meta"]["shape"] = output_shape(op, attrs, [self.shape(a) for a in args], span)
         self.current = name
@@ -127,6 +128,7 @@ class Builder:
         if weight is None:
             weight = self.weights[id(node)] = 1 + sum(_size(e) for e in _expressions(node))
         self.steps += weight
+        tally(steps=weight)
         if self.steps > self.limits.max_steps:
             raise SpecError(f"expanding the net takes more than {self.limits.max_steps} steps (limit max_steps): "
                             "repeats of repeated blocks multiply", span)

@@ -36,11 +36,11 @@ class Written:
     def error(self, message: str, span: Span | None = None) -> SpecError:
         return SpecError(message, span or self.layer.span)
 
-    def _check_int(self, value: Value, what: str, span: Span, minimum: int) -> int:
+    def _check_int(self, value: Value, what: str, span: Span, minimum: int, capped: bool = True) -> int:
         value = as_int(value, what, span)
         if value < minimum:
             raise self.error(f"expected {what} >= {minimum}, found {value}", span)
-        if value > self.limits.max_width:
+        if capped and value > self.limits.max_width:
             raise self.error(
                 f"{what} = {value} exceeds the limit of {self.limits.max_width} (limit max_width)", span
             )
@@ -71,9 +71,10 @@ class Written:
         option = self.options.get(name)
         return (evaluate(option.value, self.env), option.value.span) if option else (None, None)
 
-    def int(self, name: str, default: int, minimum: int = 0) -> int:
+    def int(self, name: str, default: int, minimum: int = 0, capped: bool = True) -> int:
+        """``capped=False``: a value checked against a real size later, not against max_width."""
         value, span = self._get(name)
-        return default if value is None else self._check_int(value, name, span, minimum)
+        return default if value is None else self._check_int(value, name, span, minimum, capped)
 
     def float(self, name: str, default: float, low: float = -math.inf, high: float = math.inf) -> float:
         value, span = self._get(name)
@@ -120,9 +121,18 @@ def resolve_name(name: str) -> tuple[str, tuple[int, int] | None] | None:
     if op is None or not TABLE[op].dsl.kernel:
         return None
     base = TABLE[op].dsl.names[0]
-    kh = int(match["kh"])
-    kw = int(match["kw"]) if match["kw"] else kh
+    kh = _window(match["kh"])
+    kw = _window(match["kw"]) if match["kw"] else kh
     return base, (kh, kw)
+
+
+_MAX_DIGITS = 100  # as for numbers: far beyond any limit, and int() of thousands of digits fails
+
+
+def _window(digits: str) -> int:
+    """A window size written in a layer name; one of more than 100 digits stands as 10**100,
+    out of range for every limit (``conv<4301 digits>-4``)."""
+    return int(digits) if len(digits) <= _MAX_DIGITS else 10 ** _MAX_DIGITS
 
 
 def layer_names() -> list[str]:
@@ -143,7 +153,9 @@ def layer_op(layer: ast.Layer, env: dict[str, Value], limits) -> tuple[Op, dict[
     kind = TABLE[op].dsl
     written = Written(layer, env, limits)
     if kernel is not None and (min(kernel) < 1 or max(kernel) > limits.max_spatial):
-        raise SpecError(f"window size {kernel[0]}x{kernel[1]} is out of range", layer.span)
+        shown = "x".join(str(k) if k <= limits.max_spatial else f"(over {limits.max_spatial})" for k in kernel)
+        raise SpecError(f"window size {shown} is out of range: expected 1 to {limits.max_spatial} "
+                        "(limit max_spatial)", layer.span)
     written.kernel = kernel
     attrs, act = kind.build(written)
     written.finish(kind)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -10,7 +13,7 @@ from pathlib import Path
 from archdsl.errors import Span, SpecError
 from archdsl.frontend import ast
 from archdsl.frontend.parser import parse
-from archdsl.limits import Limits
+from archdsl.limits import Limits, tally
 
 # The bundled specs: package data of archdsl.specs (the repository's specs/ folder).
 SPECS_DIR = Path(str(resources.files("archdsl.specs")))
@@ -47,31 +50,66 @@ class Program:
 
 def read_source(path: Path, limits: Limits, span: Span | None = None) -> str:
     """The text of a spec file. Errors point at ``span`` (the import that names the file), or
-    at the start of the file itself."""
+    at the start of the file itself.
+
+    Only a regular file is read, and only up to ``max_source_bytes``, checked before reading:
+    a device, a FIFO or a file of ``/proc`` (whose reads can block forever) is refused unread.
+    A file that does not begin as a spec does (``net``, ``block``, ``import`` or a comment) is
+    refused without an excerpt: an ``.arch`` link to some other file must not print its lines.
+    """
     span = span or Span(str(path), 1, 1)
     try:
-        if not path.is_file():
-            raise SpecError(f"{path} is not a file", span)
-        size = path.stat().st_size
-        if size > limits.max_source_bytes:
-            raise SpecError(f"{path} is {size} bytes, over the limit of {limits.max_source_bytes} "
-                            "(limit max_source_bytes)", span)
-        with path.open("rb") as f:  # at most the limit, should the file grow meanwhile
-            data = f.read(limits.max_source_bytes + 1)
+        resolved = path.resolve()
+        if resolved.parts[1:2] and resolved.parts[1] in _SYSTEM_DIRS:
+            raise SpecError(f"{path} is a system file ({resolved}), not a spec", span)
+        # O_NONBLOCK: should a FIFO appear between the check and the open, opening it does not hang.
+        fd = os.open(resolved, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise SpecError(f"{path} is not a regular file", span)
+            if info.st_size > limits.max_source_bytes:
+                raise SpecError(f"{path} is {info.st_size} bytes, over the limit of {limits.max_source_bytes} "
+                                "(limit max_source_bytes)", span)
+            data = f.read(limits.max_source_bytes + 1)  # at most the limit, should the file grow meanwhile
+        tally(bytes_read=len(data))
         if len(data) > limits.max_source_bytes:
             raise SpecError(f"{path} is over the limit of {limits.max_source_bytes} bytes "
                             "(limit max_source_bytes)", span)
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise SpecError(f"{path} is not UTF-8 text", span) from None
-    except OSError as err:
-        raise SpecError(f"cannot read {path}: {err.strerror or err}", span) from None
+    except (OSError, RuntimeError, ValueError) as err:  # a name too long, a NUL byte, a symlink loop
+        raise SpecError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}", span) from None
+    if not _SPEC_START.match(text):
+        raise SpecError(f"{path} does not look like an archdsl spec: expected it to begin with net, block, "
+                        "import or a comment", Span(span.file, span.line, span.column))  # no excerpt
+    return text
 
 
-def check_size(text: str, file: str, limits: Limits) -> None:
+# Top-level folders of kernel interfaces, never specs.
+_SYSTEM_DIRS = frozenset({"proc", "sys", "dev"})
+# What a spec begins with, after an optional byte-order mark and blank space.
+_SPEC_START = re.compile(r"\ufeff?\s*(?:$|#|(?:net|block|import)\b)")
+# Tokens as the parser will see them, roughly: comments and strings are one each (and skipped).
+_TOKENS = re.compile(r'#[^\n]*|"[^"\n]*"?|\w+|[^\w\s]')
+
+
+def check_text(text: str, file: str, limits: Limits) -> None:
+    """Refuse text over ``max_source_bytes`` or ``max_tokens`` before the parser sees it."""
     if len(text) > limits.max_source_bytes:
         raise SpecError(f"the spec is {len(text)} characters, over the limit of "
                         f"{limits.max_source_bytes} (limit max_source_bytes)", Span(file, 1, 1))
+    tokens = 0
+    for match in _TOKENS.finditer(text):
+        if match.group()[0] != "#":
+            tokens += 1
+            if tokens > limits.max_tokens:
+                line = text.count("\n", 0, match.start()) + 1
+                column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
+                raise SpecError(f"the spec has more than {limits.max_tokens} tokens (limit max_tokens)",
+                                Span(file, line, column))
+    tally(tokens=tokens)
 
 
 def load_program(text: str, file: str, limits: Limits, base_dir: Path | None) -> Program:
@@ -81,7 +119,7 @@ def load_program(text: str, file: str, limits: Limits, base_dir: Path | None) ->
     folder; it must name an ``.arch`` file. Imports may not form a cycle (a file importing
     itself, or ``a`` importing ``b`` importing ``a``); two files may import the same third one.
     """
-    check_size(text, file, limits)
+    check_text(text, file, limits)
     entry = parse(text, file, limits)
     program = Program(entry, files=[file])
     _add_blocks(program, entry)
@@ -100,7 +138,9 @@ def load_program(text: str, file: str, limits: Limits, base_dir: Path | None) ->
         done.add(path)
         if len(done) > limits.max_imports:
             raise SpecError(f"more than {limits.max_imports} imported files (limit max_imports)", imp.span)
-        spec = parse(read_source(path, limits, imp.span), str(path), limits)
+        text = read_source(path, limits, imp.span)
+        check_text(text, str(path), limits)
+        spec = parse(text, str(path), limits)
         if spec.nets:
             raise SpecError(f"imported file {imp.path!r} defines nets; a library file holds only blocks",
                             spec.nets[0].span)

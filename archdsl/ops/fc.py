@@ -29,7 +29,7 @@ def _lower(a: dict, x: Shape) -> Lowered:
 def _dsl(w):
     w.no_stride()
     attrs = {"out_features": w.width("the number of features"), "bias": w.bool("bias", True)}
-    expected = w.int("in", 0, minimum=1)
+    expected = w.int("in", 0, minimum=1, capped=False)  # a flattened map may exceed max_width
     if expected:  # the input size the author expects, checked against the real one
         attrs["in_features"] = expected
     return attrs, w.choice("act", "relu", ("relu", "none"))

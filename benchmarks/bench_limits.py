@@ -1,0 +1,148 @@
+"""How fast the resource limits refuse, and what a small spec can make within them.
+
+Each case is a hostile or oversized spec. It runs twice, side by side in one process: under
+the previous defaults (no token limit, 100,000 nodes, 2,000,000 steps) and under today's
+(``archdsl.limits.DEFAULT``); the table gives the CPU time of each, their ratio, what refused
+the spec, and the work done (tokens parsed, expansion steps, nodes made). The ``build`` rows
+time the whole of ``archdsl build`` (load, lower, emit the module source) and give the bytes
+emitted; the ``compile`` rows give the peak memory of ``archdsl.compile`` in a child process.
+
+    python benchmarks/bench_limits.py            # prints a markdown table
+    python benchmarks/bench_limits.py --quick    # the same cases once each, no compile rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import archdsl  # noqa: E402
+from archdsl.limits import DEFAULT, Limits, counting  # noqa: E402
+
+#: The defaults before max_tokens existed and max_nodes/max_steps were lowered.
+PREVIOUS = Limits(max_tokens=10 ** 9, max_nodes=100_000, max_steps=2_000_000, max_output_bytes=10 ** 12)
+
+CASES = [
+    ("240 KB of {1+1+...}", "net a : 3x8x8 { conv3-{1" + "+1" * 120_000 + "} }"),
+    ("240 KB of statements", "net a : 3x8x8 {\n" + "conv3-4\n" * 30_000 + "}\n"),
+    ("100,000 nested '('", "net a : 3x8x8 { conv3-{" + "(" * 100_000 + "4" + ")" * 100_000 + "} }"),
+    ("max_nodes bomb (block x10000 of x10000)", "block a() { conv3-4 x10000 }\nnet n : 3x8x8 { a() x10000 }"),
+    ("max_steps bomb (empty blocks)", "block a() { relu x0 }\nblock b() { a() x10000 }\nblock c() { b() x10000 }\n"
+                                      "net n : 3x8x8 { c() x10000; relu }"),
+    ("32 bytes: conv3-4 x10000", "net a : 3x8x8 { conv3-4 x10000 }"),
+    ("54 bytes: 80,000 nodes", "block a() { conv3-4 x9999 }\nnet n : 3x8x8 { a() x4 }"),
+    ("digits in a layer name (4301)", "net a : 3x8x8 { conv" + "9" * 4301 + "-4 }"),
+    ("ResNet-1202 (cifar_resnet n=200), for scale", None),
+]
+SMALL_BUT_COSTLY = (5, 6)  # the cases that build and compile within the previous defaults
+
+
+def cpu(fn) -> tuple[float, object]:
+    start = time.process_time()
+    try:
+        result = fn()
+    except archdsl.SpecError as err:
+        result = err
+    return time.process_time() - start, result
+
+
+def outcome(result) -> str:
+    if isinstance(result, archdsl.SpecError):
+        limit = next((w for w in result.message.replace("(", " ").replace(")", " ").split() if w.startswith("max_")),
+                     None)
+        return f"refused: {limit}" if limit else "refused: " + result.message[:30]
+    if isinstance(result, archdsl.ArchGraph):
+        return f"ok, {len(result):,} nodes"
+    return "ok"
+
+
+def load_case(text: str | None, limits: Limits):
+    if text is None:
+        return lambda: archdsl.load("cifar_resnet", n=200, limits=limits)
+    return lambda: archdsl.loads(text, limits=limits)
+
+
+def build_case(text: str | None, limits: Limits):
+    from archdsl.codegen.torch_source import emit_source
+    from archdsl.passes import lowering_pipeline
+
+    def run():
+        graph = load_case(text, limits)()
+        source = emit_source(lowering_pipeline(graph))
+        if len(source) > limits.max_output_bytes:
+            raise archdsl.SpecError(f"{len(source)} bytes (limit max_output_bytes)")
+        return source
+    return run
+
+
+def compile_peak(text: str, limits: Limits) -> str:
+    """Peak resident memory (MB) of a child process that compiles the spec, and the outcome."""
+    script = (
+        "import sys, archdsl\n"
+        f"limits = archdsl.Limits(**{limits.__dict__!r})\n"
+        "try:\n"
+        "    archdsl.compile(archdsl.loads(sys.stdin.read(), limits=limits)); what = 'ok'\n"
+        "except archdsl.SpecError as err:\n"
+        "    what = 'refused'\n"
+        # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would be the parent's
+        "peak = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print(what, int(peak) // 1024)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", script], input=text, capture_output=True, text=True, env=env)
+    what, mb = (done.stdout.split() + ["error", "?"])[:2]
+    return f"{what}, {mb} MB"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one run per case, no compile-memory rows")
+    args = ap.parse_args()
+
+    import torch
+
+    print(f"Device: {platform.machine()} CPU, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}; Python {platform.python_version()}, torch {torch.__version__}, "
+          f"archdsl {archdsl.__version__}. Date: {datetime.date.today()}. CPU time (process_time), "
+          f"best of {1 if args.quick else 3}.")
+    print("Command: `python benchmarks/bench_limits.py" + (" --quick`" if args.quick else "`"))
+    print()
+    print("| case | previous defaults | today's defaults | previous / today | today: tokens, steps, nodes |")
+    print("| --- | --- | --- | ---: | --- |")
+    repeat = 1 if args.quick else 3
+    for name, text in CASES:
+        if name.startswith("54 bytes") and args.quick:
+            continue
+        row = []
+        for limits in (PREVIOUS, DEFAULT):
+            best, result = min((cpu(load_case(text, limits)) for _ in range(repeat)), key=lambda r: r[0])
+            row.append((best, outcome(result)))
+        with counting() as work:
+            cpu(load_case(text, DEFAULT))
+        (t0, o0), (t1, o1) = row
+        print(f"| load: {name} | {t0:.3f} s ({o0}) | {t1:.3f} s ({o1}) | {t0 / max(t1, 1e-4):.1f}x | "
+              f"{work.tokens:,}, {work.steps:,}, {work.nodes:,} |")
+    for name, text in [CASES[i] for i in SMALL_BUT_COSTLY] + [CASES[-1]]:
+        row = []
+        for limits in (PREVIOUS, DEFAULT):  # once each: the previous defaults take many seconds here
+            best, result = cpu(build_case(text, limits))
+            size = f"{len(result) / 2**20:.1f} MB emitted" if isinstance(result, str) else outcome(result)
+            row.append((best, size))
+        (t0, o0), (t1, o1) = row
+        print(f"| build: {name} | {t0:.3f} s ({o0}) | {t1:.3f} s ({o1}) | {t0 / max(t1, 1e-4):.1f}x | |")
+    if not args.quick:
+        for name, text in [CASES[i] for i in SMALL_BUT_COSTLY]:
+            print(f"| compile: {name}, peak memory | {compile_peak(text, PREVIOUS)} | "
+                  f"{compile_peak(text, DEFAULT)} | | |")
+
+
+if __name__ == "__main__":
+    main()
