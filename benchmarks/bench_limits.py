@@ -72,11 +72,11 @@ def load_case(text: str | None, limits: Limits):
 
 def build_case(text: str | None, limits: Limits):
     from archdsl.codegen.torch_source import emit_source
-    from archdsl.passes import lowering_pipeline
+    from archdsl.pipeline import lower_graph
 
     def run():
         graph = load_case(text, limits)()
-        source = emit_source(lowering_pipeline(graph))
+        source = emit_source(lower_graph(graph))
         if len(source) > limits.max_output_bytes:
             raise archdsl.SpecError(f"{len(source)} bytes (limit max_output_bytes)")
         return source

@@ -234,7 +234,7 @@ def test_nesting_at_the_ceiling_compiles_emits_and_prints(kind):
     """Nesting just inside the highest limits goes through every stage that recurses (the
     parser's tree, expansion, lowering, emitted source, the summary) without RecursionError."""
     from archdsl.codegen.torch_source import emit_source
-    from archdsl.passes import lowering_pipeline
+    from archdsl.pipeline import lower_graph
     from archdsl.summary import table
 
     n = NESTING_CEILING - 2
@@ -248,7 +248,7 @@ def test_nesting_at_the_ceiling_compiles_emits_and_prints(kind):
     top = Limits(max_nesting=NESTING_CEILING, max_call_depth=NESTING_CEILING)
     graph = archdsl.loads(text, limits=top)
     archdsl.compile(graph)
-    compile(emit_source(lowering_pipeline(graph)), "<emitted>", "exec")
+    compile(emit_source(lower_graph(graph)), "<emitted>", "exec")
     assert table(graph)
 
 
