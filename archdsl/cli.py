@@ -64,6 +64,8 @@ def parser() -> argparse.ArgumentParser:
     _spec_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--brief", action="store_true", help="rows for weighted layers only")
+    p.add_argument("--format", choices=("text", "csv", "md", "json", "latex"),
+                   help="the table and per-stage/per-block subtotals as text, csv, md, json or latex")
 
     sub.add_parser("list", help="the bundled specs")
 
@@ -108,6 +110,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--check", action="store_true",
                    help="exit 1 if a config does not compile, does not fit or spills, or a launch has no config")
+
+    from archdsl.workflow.commands import register  # sweep, train, report
+
+    register(sub, _spec_args)
     return ap
 
 
@@ -204,6 +210,11 @@ def _summary(args) -> int:
     from archdsl.summary import table, to_json
 
     graph = _load(args)
+    if args.format:
+        from archdsl.workflow.commands import summary_text
+
+        print(summary_text(graph, args.format))
+        return 0
     print(to_json(graph) if args.json else table(graph, brief=args.brief))
     return 0
 
@@ -288,7 +299,7 @@ COMMANDS = {"build": _build, "check": _check, "summary": _summary, "list": _list
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command](args) if args.command in COMMANDS else args.handler(args)
     except SpecError as err:
         print(err, file=sys.stderr)
         return 2
