@@ -173,27 +173,20 @@ def _train(args) -> int:
 def _report(args) -> int:
     from archdsl.workflow import report
 
+    from archdsl.workflow.runs import write_text
+    from archdsl.workflow.tables import render
+
     runs = report.find_runs(args.runs)
     rows = report.table_rows(runs)
-    print(render_report(rows, args.format))
+    print(render(rows, args.format, report.COLUMNS))
     if args.out:
         written = report.plots(runs, Path(args.out), x=args.x)
-        from archdsl.workflow.runs import write_text
-        from archdsl.workflow.tables import render
-
         for fmt, suffix in (("md", "md"), ("csv", "csv")):
             path = Path(args.out) / f"results.{suffix}"
             write_text(path, render(rows, fmt, report.COLUMNS) + "\n")
             written.append(path)
         print("\nwrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0
-
-
-def render_report(rows, fmt: str) -> str:
-    from archdsl.workflow import report
-    from archdsl.workflow.tables import render
-
-    return render(rows, fmt, report.COLUMNS)
 
 
 # -- summary --format ---------------------------------------------------------------------------
