@@ -125,3 +125,16 @@ def test_sweep_bad_value_points_at_the_spec():
     result = run("sweep", "cifar_resnet", "--set", "shortcut=A,Z")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error" in result.stderr
+
+
+def test_sweep_train_runs_the_variants_one_after_another(tmp_path, capsys):
+    from test_train import write_cifar  # generated batches in CIFAR's format
+
+    out = tmp_path / "runs"
+    cifar = str(write_cifar(tmp_path / "cifar"))
+    assert main(["sweep", "cifar_plain", "--set", "n=1,2", "--train", "--data", cifar, "--iterations", "2",
+                 "--batch-size", "16", "--eval-every", "2", "--no-progress", "--out", str(out)]) == 0
+    for n in (1, 2):
+        run = json.loads((out / f"cifar_plain-n{n}" / "run.json").read_text())
+        assert run["status"] == "done" and run["params"]["n"] == n and run["counts"]["depth"] == 6 * n + 2
+        assert run["data"]["name"] == "cifar10" and run["recipe"]["iterations"] == 2

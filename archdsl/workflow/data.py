@@ -17,6 +17,7 @@ process with the same global batch.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import pickle
@@ -103,6 +104,7 @@ def in_memory(name: str, classes: list[str], train: tuple[torch.Tensor, torch.Te
                    Images(classes, test[1].long(), test[0]) if test is not None else None, mean, std)
 
 
+@functools.lru_cache(maxsize=4)  # a sweep trains several variants on it in one process
 def digits(size: tuple[int, int] = (32, 32)) -> Dataset:
     """scikit-learn's bundled 8x8 digits, upscaled to ``size`` (bilinear) and made RGB."""
     try:
