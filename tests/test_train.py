@@ -241,3 +241,13 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
         assert a["iteration"] == b["iteration"] and a["train_error"] == b["train_error"]
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)
+
+
+def test_bench_train_smoke(tmp_path):
+    """The throughput benchmark runs to its table (its numbers are not looked at here)."""
+    script = Path(ROOT) / "benchmarks" / "bench_train.py"
+    result = subprocess.run([sys.executable, str(script), "--smoke"], env={**ENV, "OUT": str(tmp_path)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "train.md").read_text()
+    assert "| hand-written PyTorch |" in table and "| archdsl train |" in table and "SMOKE" in table

@@ -156,6 +156,10 @@ def _train(args) -> int:
     if not args.data:
         print("error: train: --data is required", file=sys.stderr)
         return 2
+    if args.input or args.limits:
+        print("error: train: --input and --limit are not supported (the run trains the spec's input size)",
+              file=sys.stderr)
+        return 2
     params = {k: parse_cli_value(v) for k, v in args.params}
     out = args.out or str(Path("runs") / variant_name(args.spec, params))
     info = train(args.spec, args.data, out, recipe=_recipe(args), params=params, net=args.net,
