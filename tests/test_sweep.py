@@ -138,3 +138,12 @@ def test_sweep_train_runs_the_variants_one_after_another(tmp_path, capsys):
         run = json.loads((out / f"cifar_plain-n{n}" / "run.json").read_text())
         assert run["status"] == "done" and run["params"]["n"] == n and run["counts"]["depth"] == 6 * n + 2
         assert run["data"]["name"] == "cifar10" and run["recipe"]["iterations"] == 2
+
+
+def test_import_and_parser_load_neither_torch_nor_matplotlib():
+    code = ("import sys, archdsl, archdsl.cli, archdsl.workflow.sweep; archdsl.cli.parser(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib', 'sklearn')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(archdsl.__file__).resolve().parent.parent)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

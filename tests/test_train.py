@@ -196,8 +196,9 @@ def test_cli_errors_exit_2(tmp_path):
 
 
 def _torchrun(tmp_path, out, nproc, batch, spec):
+    # 65 test images: the ranks' shards (33 and 32) make different numbers of evaluation batches.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "archdsl", "train", str(spec), "--data", str(write_cifar(tmp_path / "cifar", n=64)),
+           "-m", "archdsl", "train", str(spec), "--data", str(write_cifar(tmp_path / "cifar", n=64, test=65)),
            "--iterations", "4", "--batch-size", str(batch), "--eval-every", "2", "--no-progress",
            "--schedule", "constant", "--lr", "0.05", "--out", str(out)]
     result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)

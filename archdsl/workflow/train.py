@@ -205,6 +205,9 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
     if world.distributed:
         model = torch.nn.parallel.DistributedDataParallel(base, device_ids=[device] if cuda else None)
     runner = torch.compile(model) if options.compile else model
+    # Evaluation runs the bare module: DDP's forward broadcasts buffers, a collective that
+    # would hang when the ranks' shards of the test set make different numbers of batches.
+    scorer = (torch.compile(base) if options.compile else base) if world.distributed else runner
     torch.manual_seed(options.seed + world.rank)  # dropout masks differ between ranks
 
     sampler = DistributedSampler(dataset.train, num_replicas=world.size, rank=world.rank, shuffle=True,
@@ -250,7 +253,7 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
         test = dataset.test
         if test is None:
             return {}
-        model.eval()
+        base.eval()
         mine = torch.arange(world.rank, len(test), world.size)
         step = options.eval_batch or 2 * local_batch
         loss = top1 = top5 = 0.0
@@ -261,7 +264,7 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = y.to(device)
-                scores = runner(x).float()
+                scores = scorer(x).float()
                 loss += F.cross_entropy(scores, y, reduction="sum").item()
                 best = scores.topk(min(5, scores.shape[1]), dim=1).indices
                 top1 += (best[:, 0] != y).sum().item()
