@@ -145,6 +145,19 @@ def test_cifar_batches_are_read_without_running_code(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_cifar100_batches_and_class_names(tmp_path):
+    pixels, labels = data.synthetic(20, 10, 32, 0)
+    batch = {b"data": pixels.reshape(20, -1).numpy(), b"fine_labels": (labels * 10).tolist(),
+             b"coarse_labels": labels.tolist()}
+    for name in ("train", "test"):
+        (tmp_path / name).write_bytes(pickle.dumps(batch, protocol=2))
+    names = [f"class{i}".encode() for i in range(100)]
+    (tmp_path / "meta").write_bytes(pickle.dumps({b"fine_label_names": names}, protocol=2))
+    ds = data.open_data(tmp_path, (32, 32))
+    assert ds.name == "cifar100" and ds.train.classes[90] == "class90" and len(ds.train.classes) == 100
+    assert torch.equal(ds.test.labels, labels * 10)
+
+
 def test_bundled_digits():
     ds = data.open_data("digits", (32, 32))
     assert (len(ds.train), len(ds.test), len(ds.train.classes)) == (1437, 360, 10)

@@ -176,7 +176,6 @@ def _train(args) -> int:
 # -- report -------------------------------------------------------------------------------------
 def _report(args) -> int:
     from archdsl.workflow import report
-
     from archdsl.workflow.runs import write_text
     from archdsl.workflow.tables import render
 

@@ -136,6 +136,30 @@ def _set_rng_state(states: list, world: dist.World) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _check_run_folder(out: Path, digest: str, resume: bool) -> None:
+    """A new run never overwrites one; a resumed run must be of the same spec and parameters."""
+    if resume:
+        if not (out / runs.CHECKPOINT_FILE).is_file():
+            raise TrainError(f"--resume: no checkpoint in {out}")
+        recorded = runs.read_run(out)
+        if recorded.get("spec_sha256") != digest:
+            raise TrainError(f"--resume: {out} trained another spec or other parameters "
+                             f"(spec hash {recorded.get('spec_sha256', '?')[:12]}, now {digest[:12]})")
+    elif (out / runs.RUN_FILE).exists():
+        raise TrainError(f"{out} already holds a run; continue it with --resume or choose another --out")
+
+
+def _plateau(state: dict, recipe: Recipe, watched: float) -> None:
+    """Track the best watched error; on a plateau schedule, count a drop of the lr after more
+    than ``patience`` evaluations without improvement (at most ``max_drops``)."""
+    if watched < state["best"]:
+        state["best"], state["bad"] = watched, 0
+        return
+    state["bad"] += 1
+    if recipe.schedule == "plateau" and state["bad"] > recipe.patience and state["drops"] < recipe.max_drops:
+        state["drops"], state["bad"] = state["drops"] + 1, 0
+
+
 def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path, *, recipe: Recipe | str = "resnet-cifar",
           params: dict[str, Value] | None = None, net: str | None = None, limits: Limits = DEFAULT,
           options: Options = Options(), resume: bool = False) -> dict:
@@ -174,15 +198,7 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
     graph = load(spec, net=net, limits=limits, params=params)
     spec_text = runs.canonical_spec(spec, graph.graph.get("params", params), net=net, limits=limits)
     digest = runs.spec_hash(spec_text)
-    if resume:
-        if not (out / runs.CHECKPOINT_FILE).is_file():
-            raise TrainError(f"--resume: no checkpoint in {out}")
-        recorded = runs.read_run(out)
-        if recorded.get("spec_sha256") != digest:
-            raise TrainError(f"--resume: {out} trained another spec or other parameters "
-                             f"(spec hash {recorded.get('spec_sha256', '?')[:12]}, now {digest[:12]})")
-    elif (out / runs.RUN_FILE).exists():
-        raise TrainError(f"{out} already holds a run; continue it with --resume or choose another --out")
+    _check_run_folder(out, digest, resume)
 
     size = (graph.input_shape.h, graph.input_shape.w)
     dataset = data if isinstance(data, data_mod.Dataset) else data_mod.open_data(data, size)
@@ -243,6 +259,12 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
         runs.write_text(out / runs.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
         runs.write_json(out / runs.RUN_FILE, info)
 
+    def inputs(pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = data_mod.normalise(pixels.to(device, non_blocking=True), dataset.mean, dataset.std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, labels.to(device, non_blocking=True)
+
     def checkpoint() -> None:
         rng = _rng_state(world)
         if world.main:
@@ -259,11 +281,7 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
         loss = top1 = top5 = 0.0
         with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
             for start in range(0, len(mine), step):
-                x, y = data_mod.batch(test, mine[start:start + step], recipe, size, None)
-                x = data_mod.normalise(x.to(device), dataset.mean, dataset.std)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y = y.to(device)
+                x, y = inputs(*data_mod.batch(test, mine[start:start + step], recipe, size, None))
                 scores = scorer(x).float()
                 loss += F.cross_entropy(scores, y, reduction="sum").item()
                 best = scores.topk(min(5, scores.shape[1]), dim=1).indices
@@ -295,11 +313,7 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
             model.train()
             for step in range(position, steps_per_epoch):
                 indices = order[step * local_batch:(step + 1) * local_batch]
-                x, y = data_mod.batch(dataset.train, indices, recipe, size, draws)
-                x = data_mod.normalise(x.to(device, non_blocking=True), dataset.mean, dataset.std)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y = y.to(device, non_blocking=True)
+                x, y = inputs(*data_mod.batch(dataset.train, indices, recipe, size, draws))
                 lr = learning_rate(recipe, state["iteration"], total, state["drops"])
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -334,14 +348,7 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
                            "images_per_s": images_per_s, "elapsed_s": round(state["elapsed"], 3)}
                     model.train()
                     state["tallies"] = [0.0, 0.0, 0.0]
-                    watched = row.get("test_top1_error", row["train_loss"])
-                    if watched < state["best"]:
-                        state["best"], state["bad"] = watched, 0
-                    else:
-                        state["bad"] += 1
-                        if recipe.schedule == "plateau" and state["bad"] > recipe.patience \
-                                and state["drops"] < recipe.max_drops:
-                            state["drops"], state["bad"] = state["drops"] + 1, 0
+                    _plateau(state, recipe, row.get("test_top1_error", row["train_loss"]))
                     if world.main:
                         with metrics_path.open("a", encoding="utf-8") as f:
                             f.write(json.dumps(row) + "\n")
