@@ -138,6 +138,10 @@ def test_sweep_train_runs_the_variants_one_after_another(tmp_path, capsys):
         run = json.loads((out / f"cifar_plain-n{n}" / "run.json").read_text())
         assert run["status"] == "done" and run["params"]["n"] == n and run["counts"]["depth"] == 6 * n + 2
         assert run["data"]["name"] == "cifar10" and run["recipe"]["iterations"] == 2
+    again = ["sweep", "cifar_plain", "--set", "n=1,2", "--train", "--data", cifar, "--iterations", "2",
+             "--batch-size", "16", "--eval-every", "2", "--no-progress", "--out", str(out)]
+    assert main(again) == 2  # a finished run is never overwritten
+    assert main(again + ["--resume"]) == 0  # both have checkpoints: continued, nothing left to do
 
 
 def test_import_and_parser_load_neither_torch_nor_matplotlib():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -110,7 +111,8 @@ def _sweep(args) -> int:
         return 2
     built = sweep.variants(args.spec, args.grid, net=args.net, input=args.input)
     rows = sweep.table_rows(args.spec, built)
-    print(render(rows, args.format, sweep.columns([k for k, _ in args.grid])))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one table
+        print(render(rows, args.format, sweep.columns([k for k, _ in args.grid])))
     if not (args.train or args.jobs):
         return 0
     if not args.data:
@@ -127,9 +129,13 @@ def _sweep(args) -> int:
     from archdsl.workflow.train import train
 
     recipe, options = _recipe(args), _options(args)
+    from archdsl.workflow.runs import CHECKPOINT_FILE
+
     for job in jobs:
+        # --resume continues the variants that have a checkpoint and starts the others
+        resume = args.resume and (Path(job["run_dir"]) / CHECKPOINT_FILE).is_file()
         info = train(args.spec, args.data, job["run_dir"], recipe=recipe, params=job["params"], net=args.net,
-                     options=options, resume=args.resume)
+                     options=options, resume=resume)
         if info["status"] != "done":
             print(f"{job['name']}: {info['status']}; the rest of the sweep is not run", file=sys.stderr)
             return _exit_code(info)
@@ -235,7 +241,8 @@ def register(sub, spec_args: Callable[[argparse.ArgumentParser], None]) -> None:
     p.add_argument("--jobs", metavar="FILE", help="write one JSON line per variant (its train command) "
                                                   "for a cluster scheduler, instead of training")
     p.add_argument("--out", default="runs", help="folder of the variants' run folders (default runs)")
-    p.add_argument("--resume", action="store_true", help="continue the variants' runs")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the variants that have a checkpoint, start the others")
     _train_args(p)
     p.set_defaults(handler=_errors(_sweep))
 
