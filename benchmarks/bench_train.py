@@ -3,15 +3,17 @@
 Both train the same module (the spec's logits module), on the same in-memory CIFAR-style
 images with the same augmentation (4-pixel pad, random crop, flip), optimiser (SGD, momentum,
 weight decay), batch and precision (bf16 autocast and channels_last on CUDA, fp32 on the CPU).
-Each run first takes ``--warmup`` steps untimed, then times every step on its own: ``archdsl
-train`` evaluates after every step here (there is no test set, so that is a read of the loss
-tallies) and its metrics give each step's images/s with the checkpoint excluded; the hand loop
-reads its loss after every step likewise. Runs alternate (hand, archdsl, hand, ...). On a
-shared machine the median step is at the mercy of other work, so the table gives both the
-median and the best step (the least disturbed one, as timeit advises) and their ratios.
+
+A shared machine's load changes from one minute to the next, so the two loops take turns in
+short chunks of steps within one process: ``--chunk`` steps of the hand loop, then ``--chunk``
+steps of ``archdsl train`` (``stop_after`` ends its chunk with a checkpoint, ``resume``
+continues it), and so on. Every step is timed on its own (archdsl's metrics give each step's
+images/s with evaluation and checkpoint excluded; both loops read their loss after every
+step), the first step of every chunk is left out (a resumed run's first step warms up again),
+and the table gives the median and the best step of each loop and their ratios.
 
     python benchmarks/bench_train.py                       # ResNet-20, batch 128
-    python benchmarks/bench_train.py --set n=1 --steps 10  # a smaller net: the loop's overhead shows more
+    python benchmarks/bench_train.py --set n=1             # a smaller net: the loop's overhead shows more
     python benchmarks/bench_train.py --smoke               # every code path, tiny (CI)
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import os
 import platform
 import statistics
@@ -35,11 +38,13 @@ import archdsl  # noqa: E402
 from archdsl.frontend.values import parse_cli_value  # noqa: E402
 from archdsl.workflow import data  # noqa: E402
 from archdsl.workflow.recipes import recipe  # noqa: E402
+from archdsl.workflow.runs import read_metrics  # noqa: E402
 from archdsl.workflow.train import Options, logits_module, train  # noqa: E402
 
 
-def hand_loop(graph, images, labels, mean, std, batch, warmup, steps, device, cuda, seed) -> list[float]:
-    """Images/s of each timed step of a plain PyTorch training loop, written as one would by hand."""
+def hand_loop(graph, images, labels, mean, std, batch, device, cuda, seed):
+    """Images/s of each step of a plain PyTorch training loop, written as one would by hand
+    (a generator: the caller takes as many steps as it wants, when it wants)."""
     torch.manual_seed(seed)
     model = logits_module(graph).to(device)
     if cuda:
@@ -49,8 +54,7 @@ def hand_loop(graph, images, labels, mean, std, batch, warmup, steps, device, cu
     s = torch.tensor(std, device=device).view(1, 3, 1, 1)
     order = torch.randperm(len(labels))
     model.train()
-    rates = []
-    for step in range(warmup + steps):
+    for step in itertools.count():
         start = time.perf_counter()
         idx = order[(step * batch) % len(labels):][:batch]
         x = F.pad(images[idx], (4, 4, 4, 4))
@@ -69,19 +73,15 @@ def hand_loop(graph, images, labels, mean, std, batch, warmup, steps, device, cu
         loss.backward()
         opt.step()
         loss.item()  # wait for the step, as archdsl's interval ends with a read of its tallies
-        if step >= warmup:
-            rates.append(batch / (time.perf_counter() - start))
-    return rates
+        yield batch / (time.perf_counter() - start)
 
 
-def archdsl_loop(spec, params, dataset, batch, warmup, steps, device, seed, tmp: Path) -> list[float]:
-    r = recipe("resnet-cifar", batch_size=batch, iterations=warmup + steps, schedule="constant")
-    out = tmp / f"run{len(list(tmp.iterdir()))}"
-    train(spec, dataset, out, recipe=r, params=params,
-          options=Options(device=device, seed=seed, eval_every=1, progress=False))
-    from archdsl.workflow.runs import read_metrics
-
-    return [r["images_per_s"] for r in read_metrics(out)[warmup:]]
+def archdsl_chunk(spec, params, dataset, batch, total, done, chunk, device, out: Path) -> list[float]:
+    """Steps ``done + 1 .. done + chunk`` of one ``archdsl train`` run; their images/s."""
+    r = recipe("resnet-cifar", batch_size=batch, iterations=total, schedule="constant")
+    train(spec, dataset, out, recipe=r, params=params, resume=done > 0,
+          options=Options(device=device, eval_every=1, progress=False, stop_after=done + chunk))
+    return [row["images_per_s"] for row in read_metrics(out)[done:done + chunk]]
 
 
 def main() -> int:
@@ -89,40 +89,41 @@ def main() -> int:
     ap.add_argument("--spec", default="cifar_resnet")
     ap.add_argument("--set", dest="params", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
-    ap.add_argument("--reps", type=int, default=3, help="runs of each loop, alternating")
+    ap.add_argument("--chunk", type=int, default=4, help="steps per turn of each loop (default 4)")
+    ap.add_argument("--turns", type=int, default=5, help="turns of each loop (default 5)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--smoke", action="store_true", help="tiny net and batch, one rep: checks the script")
+    ap.add_argument("--smoke", action="store_true", help="tiny net and batch, two turns: checks the script")
     args = ap.parse_args()
     if args.smoke:
-        args.params, args.batch, args.steps, args.warmup, args.reps = ["n=1"], 8, 2, 1, 1
-    if args.warmup < 1:
-        ap.error("--warmup must be at least 1")
+        args.params, args.batch, args.chunk, args.turns = ["n=1"], 8, 2, 2
+    if args.chunk < 2:
+        ap.error("--chunk must be at least 2 (the first step of each chunk is not counted)")
     params = {k: parse_cli_value(v) for k, v in (p.split("=", 1) for p in args.params)}
     graph = archdsl.load(args.spec, **params)
     if graph.input_shape.dims != (3, 32, 32):
         print("bench_train.py: the benchmark's data are 3x32x32 CIFAR-style images", file=sys.stderr)
         return 2
     cuda = args.device.startswith("cuda")
-    n = args.batch * (args.warmup + args.steps)
-    images, labels = data.synthetic(n, 10, 32, seed=0)
+    total = args.chunk * args.turns
+    images, labels = data.synthetic(args.batch * total, 10, 32, seed=0)
     dataset = data.in_memory("synthetic", [str(i) for i in range(10)], (images, labels), None)
 
     hand, ours = [], []
+    started = time.perf_counter()
+    steps = hand_loop(graph, images, labels, dataset.mean, dataset.std, args.batch, args.device, cuda, 0)
     with tempfile.TemporaryDirectory() as tmp:
-        for rep in range(args.reps):
-            hand.extend(hand_loop(graph, images, labels, dataset.mean, dataset.std, args.batch, args.warmup,
-                                  args.steps, args.device, cuda, rep))
-            ours.extend(archdsl_loop(args.spec, params, dataset, args.batch, args.warmup, args.steps,
-                                     args.device, rep, Path(tmp)))
+        for turn in range(args.turns):
+            hand += list(itertools.islice(steps, args.chunk))[1:]
+            ours += archdsl_chunk(args.spec, params, dataset, args.batch, total, turn * args.chunk, args.chunk,
+                                  args.device, Path(tmp) / "run")[1:]
     h, a = statistics.median(hand), statistics.median(ours)
     hb, ab = max(hand), max(ours)
     device = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     settings = ", ".join(f"{k}={v}" for k, v in params.items())
     lines = [
         f"Training throughput, {graph.name}" + (f" ({settings})" if settings else "")
-        + f", batch {args.batch}, {args.reps} runs of each loop, {args.steps} timed steps each after {args.warmup}",
+        + f", batch {args.batch}, {args.turns} turns of {args.chunk} steps per loop "
+          f"({len(hand)} + {len(ours)} steps timed), {time.perf_counter() - started:.0f} s",
         f"- device: {device}{' -- SMOKE RUN, the numbers mean nothing' if args.smoke else ''}",
         f"- torch {torch.__version__}, Python {platform.python_version()}, {datetime.date.today()}",
         f"- precision: {'bf16 autocast, channels_last' if cuda else 'fp32'}",
@@ -130,7 +131,7 @@ def main() -> int:
         "| loop | images/s, median step | ratio | images/s, best step | ratio |",
         "| --- | ---: | ---: | ---: | ---: |",
         f"| hand-written PyTorch | {h:,.1f} | 1.000 | {hb:,.1f} | 1.000 |",
-        f"| archdsl train | {a:,.1f} | {a / h:.3f} | {ab:,.1f} | **{ab / hb:.3f}** |",
+        f"| archdsl train | {a:,.1f} | **{a / h:.3f}** | {ab:,.1f} | {ab / hb:.3f} |",
     ]
     text = "\n".join(lines)
     if os.environ.get("OUT"):
