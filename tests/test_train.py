@@ -98,7 +98,8 @@ def test_resume_continues_bit_for_bit(tmp_path):
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-12)  # float64 tallies
 
 
-def test_sigterm_leaves_a_loadable_checkpoint(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_leaves_a_loadable_checkpoint(tmp_path, sig):
     cifar = write_cifar(tmp_path / "cifar")
     out = tmp_path / "run"
     proc = subprocess.Popen(
@@ -111,15 +112,15 @@ def test_sigterm_leaves_a_loadable_checkpoint(tmp_path):
             assert proc.poll() is None, proc.communicate()[1]
             assert time.monotonic() < deadline, "no checkpoint was written"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert proc.returncode == 128 + sig, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
     recorded = json.loads((out / runs.RUN_FILE).read_text())
-    assert recorded["status"] == "interrupted" and recorded["signal"] == "SIGTERM"
+    assert recorded["status"] == "interrupted" and recorded["signal"] == signal.Signals(sig).name
     ckpt = runs.load_checkpoint(out / runs.CHECKPOINT_FILE)
     assert ckpt["iteration"] == recorded["completed_iterations"] >= 2
     model = logits_module(archdsl.load("cifar_resnet", n=1))
@@ -143,6 +144,12 @@ def test_cifar_batches_are_read_without_running_code(tmp_path):
     with pytest.raises(data.DataError, match="names posix.system|names os.system"):
         data.open_data(cifar, (32, 32))
     assert not (tmp_path / "pwned").exists()
+
+
+def test_images_smaller_than_the_input_are_an_error():
+    ds = tiny(n=16, test=8, size=24)
+    with pytest.raises(data.DataError, match="smaller than the net's input 32x32"):
+        data.batch(ds.train, torch.arange(4), short(pad=2), (32, 32), data.epoch_draws(16, 0, 0))
 
 
 def test_cifar100_batches_and_class_names(tmp_path):

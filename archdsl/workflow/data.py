@@ -247,6 +247,9 @@ def batch(images: Images, indices: torch.Tensor, recipe: Recipe | None, size: tu
         pixels = F.pad(pixels, (pad, pad, pad, pad))
     h, w = pixels.shape[2:]
     th, tw = size
+    if h < th or w < tw:
+        raise DataError(f"images of {h - 2 * pad}x{w - 2 * pad} (padded by {pad}) are smaller than the "
+                        f"net's input {th}x{tw}")
     if (h, w) != (th, tw):
         ys = (d[:, 0] * (h - th + 1)).long().tolist()
         xs = (d[:, 1] * (w - tw + 1)).long().tolist()
