@@ -78,6 +78,9 @@ def test_run_folder_records_what_was_trained(tmp_path):
         train("cifar_plain", tiny(), out, recipe=short(iterations=3), params={"n": 2}, options=QUIET)
     with pytest.raises(TrainError, match="another spec or other parameters"):
         train("cifar_plain", tiny(), out, recipe=short(iterations=3), params={"n": 3}, options=QUIET, resume=True)
+    with pytest.raises(TrainError, match="another recipe .differs in lr, weight_decay"):
+        train("cifar_plain", tiny(), out, recipe=short(iterations=3, lr=0.1, weight_decay=0.0), params={"n": 2},
+              options=QUIET, resume=True)
 
 
 def test_resume_continues_bit_for_bit(tmp_path):

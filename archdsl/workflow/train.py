@@ -136,8 +136,9 @@ def _set_rng_state(states: list, world: dist.World) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _check_run_folder(out: Path, digest: str, resume: bool) -> None:
-    """A new run never overwrites one; a resumed run must be of the same spec and parameters."""
+def _check_run_folder(out: Path, digest: str, recipe: Recipe, resume: bool) -> None:
+    """A new run never overwrites one; a resumed run must be of the same spec, parameters and
+    recipe (how it is run, the device or the evaluation interval, may change)."""
     if resume:
         if not (out / runs.CHECKPOINT_FILE).is_file():
             raise TrainError(f"--resume: no checkpoint in {out}")
@@ -145,6 +146,10 @@ def _check_run_folder(out: Path, digest: str, resume: bool) -> None:
         if recorded.get("spec_sha256") != digest:
             raise TrainError(f"--resume: {out} trained another spec or other parameters "
                              f"(spec hash {recorded.get('spec_sha256', '?')[:12]}, now {digest[:12]})")
+        now = json.loads(json.dumps(recipe.to_json()))
+        changed = sorted(k for k in now if recorded.get("recipe", {}).get(k) != now[k])
+        if changed:
+            raise TrainError(f"--resume: {out} was trained with another recipe (differs in {', '.join(changed)})")
     elif (out / runs.RUN_FILE).exists():
         raise TrainError(f"{out} already holds a run; continue it with --resume or choose another --out")
 
@@ -198,7 +203,8 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
     graph = load(spec, net=net, limits=limits, params=params)
     spec_text = runs.canonical_spec(spec, graph.graph.get("params", params), net=net, limits=limits)
     digest = runs.spec_hash(spec_text)
-    _check_run_folder(out, digest, resume)
+    _check_run_folder(out, digest, recipe, resume)
+    dist.barrier(world)  # every rank has looked before rank 0 writes the run folder
 
     size = (graph.input_shape.h, graph.input_shape.w)
     dataset = data if isinstance(data, data_mod.Dataset) else data_mod.open_data(data, size)
