@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from archdsl.arguments import Command
+from archdsl.arguments import key_value as _key_value
+from archdsl.arguments import shape as _shape
+from archdsl.arguments import spec_args as _spec_args
 from archdsl.errors import SpecError, UsageError, printable
 from archdsl.frontend.values import parse_cli_value
 from archdsl.ir import Shape
@@ -27,18 +31,6 @@ from archdsl.registry import list_specs
 
 #: Where ``build`` writes when no ``-o`` is given (not ``build/``, which is setuptools' own).
 OUTPUT_DIR = Path("archdsl-out")
-
-
-@dataclass(frozen=True)
-class Command:
-    """One subcommand: its name, one line of help, its arguments, what runs it, an example."""
-
-    name: str
-    help: str
-    arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-    example: str
-    description: str = ""
 
 
 COMMANDS: dict[str, Command] = {}
@@ -51,20 +43,6 @@ def register(command: Command) -> Command:
 
 
 # -- argument types -------------------------------------------------------------------------
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip().isidentifier():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, found {text!r}")
-    return key.strip(), value
-
-
-def _shape(text: str) -> Shape:
-    try:
-        return Shape.parse(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def _numbers(kind, text: str) -> tuple:
     if len(text) > 1000:
         raise argparse.ArgumentTypeError(f"expected a short list of numbers, found {len(text)} characters")
@@ -96,17 +74,6 @@ def _floats(text: str) -> tuple[float, ...]:
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"expected three values R,G,B, found {text!r}")
     return values
-
-
-def _spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="a .arch file, or the name of a bundled spec (see 'archdsl list')")
-    p.add_argument("--set", dest="params", metavar="NAME=VALUE", type=_key_value, action="append", default=[],
-                   help="set a net parameter, e.g. --set n=18 or --set shortcut=A (repeatable)")
-    p.add_argument("--input", type=_shape, metavar="CxHxW", help="input shape, overriding the spec's, e.g. 3x384x384")
-    p.add_argument("--net", help="which net of the file (when it defines several)")
-    p.add_argument("--limit", dest="limits", metavar="NAME=VALUE", type=_key_value, action="append", default=[],
-                   help="raise or lower a resource limit, e.g. --limit max_nodes=100000 (repeatable; "
-                        "the limits are listed in the README)")
 
 
 # -- loading and writing ----------------------------------------------------------------------
@@ -261,6 +228,11 @@ def _summary(args) -> int:
     from archdsl.summary import table, to_json
 
     graph = _load(args)
+    if args.format:
+        from archdsl.workflow.commands import summary_text
+
+        print(summary_text(graph, args.format))
+        return 0
     print(to_json(graph) if args.json else table(graph, brief=args.brief))
     return 0
 
@@ -436,6 +408,11 @@ for _command in (
                        "and report each config's shared memory, registers and spills", _kernels_args, _kernels,
             "archdsl kernels resnet50 --arch 90 --dtype bf16 --check"),
 ):
+    register(_command)
+
+from archdsl.workflow.commands import COMMANDS as _ABLATION_COMMANDS  # noqa: E402  sweep, train, report
+
+for _command in _ABLATION_COMMANDS:
     register(_command)
 
 
