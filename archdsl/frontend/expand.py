@@ -372,21 +372,25 @@ class Builder:
             if act == "relu":
                 self.emit(Op.RELU, {}, merge.span, scope)
             return
-        shapes = [self.shape(o) for o in outputs]
-        if merge.kind == "concat":
-            wrong = concat_mismatch(shapes)
-            if wrong is not None:  # at the branch that disagrees
-                raise SpecError(f"concat cannot join branch {wrong[0] + 1} to branch 1: {wrong[1]}",
-                                merge.branches[wrong[0]][0].span).with_note("in this concat", merge.span)
-            self.emit(Op.CONCAT, {"inputs": len(outputs)}, merge.span, scope, args=tuple(outputs))
-            return
-        if len(outputs) != 2:
+        if merge.kind == "multiply" and len(outputs) != 2:
             raise SpecError(f"multiply takes two branches (a map, then its gate), found {len(outputs)}", merge.span)
-        wrong = multiply_mismatch(shapes)
-        if wrong is not None:
-            raise SpecError(f"multiply: {wrong}", merge.branches[1][0].span).with_note("in this multiply",
-                                                                                       merge.span)
-        self.emit(Op.MULTIPLY, {}, merge.span, scope, args=tuple(outputs))
+        try:
+            if merge.kind == "concat":
+                self.emit(Op.CONCAT, {"inputs": len(outputs)}, merge.span, scope, args=tuple(outputs))
+            else:
+                self.emit(Op.MULTIPLY, {}, merge.span, scope, args=tuple(outputs))
+        except SpecError:  # a shape mismatch: say it at the branch that disagrees
+            shapes = [self.shape(o) for o in outputs]
+            if merge.kind == "concat":
+                index, wrong = concat_mismatch(shapes) or (None, None)
+                message = f"concat cannot join branch {(index or 0) + 1} to branch 1: {wrong}"
+            else:
+                index, wrong = 1, multiply_mismatch(shapes)
+                message = f"multiply: {wrong}"
+            if wrong is None:  # not the shapes (a limit): as raised
+                raise
+            raise SpecError(message, merge.branches[index][0].span).with_note(f"in this {merge.kind}",
+                                                                              merge.span) from None
 
     def unknown(self, name: str, span: Span, scope: _Scope) -> SpecError:
         """The error for a name that is no layer, block or value here."""
