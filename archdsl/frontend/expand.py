@@ -94,6 +94,7 @@ class Builder:
         self.steps = 0  # expansion work so far (limit max_steps)
         self.depth = 0  # block calls and residual units being expanded (limit max_nesting)
         self.weights: dict[int, int] = {}  # statement or block (by id) -> its weight in steps
+        self.reads_width: dict[int, bool] = {}  # statement (by id) -> whether it reads ``in``
 
     # -- nodes -------------------------------------------------------------------------------
     def emit(self, op: Op, attrs: dict, span: Span, scope: _Scope, args=None, base: str | None = None) -> str:
@@ -130,6 +131,14 @@ class Builder:
         if self.steps > self.limits.max_steps:
             raise SpecError(f"expanding the net takes more than {self.limits.max_steps} steps (limit max_steps): "
                             "repeats of repeated blocks multiply", span)
+
+    def with_width(self, stmt, env: dict[str, Value]) -> dict[str, Value]:
+        """``env`` with ``in``, the current value's width, where ``stmt`` reads it."""
+        reads = self.reads_width.get(id(stmt))
+        if reads is None:
+            reads = self.reads_width[id(stmt)] = any(
+                isinstance(e, ast.Ref) and e.name == INPUT_WIDTH for e in _walk(_expressions(stmt)))
+        return {**env, INPUT_WIDTH: self.shape(self.current).c} if reads else env
 
     def enter(self, span: Span) -> None:
         self.depth += 1
@@ -183,7 +192,9 @@ class Builder:
     def repeats(self, stmt, env) -> int:
         if stmt.repeat is None:
             return 1
-        count = as_int(evaluate(stmt.repeat, env), "a repeat count", stmt.repeat.span)
+        count = evaluate(stmt.repeat, env)
+        if type(count) is not int:
+            count = as_int(count, "a repeat count", stmt.repeat.span)
         if count < 0:
             raise SpecError(f"expected a repeat count >= 0, found {count}", stmt.repeat.span)
         if count > self.limits.max_repeat:
@@ -212,7 +223,7 @@ class Builder:
             return self.call(ast.Call(layer.name, (), (), layer.span), env, scope)
         if resolve_name(layer.name) is None:
             raise self.unknown(layer.name, layer.span, scope)
-        op, attrs, act = layer_op(layer, {**env, INPUT_WIDTH: self.shape(self.current).c}, self.limits)
+        op, attrs, act = layer_op(layer, self.with_width(layer, env), self.limits)
         if op in ACTIVATIONS:
             self.pending = None
         elif op not in BEFORE_ACTIVATION:
@@ -234,8 +245,8 @@ class Builder:
             raise SpecError(f"blocks nested more than {self.limits.max_call_depth} deep (limit max_call_depth)",
                             call.span)
         self.charge(block, call.span)
-        local = bind(block.params, call.args, call.kwargs, {**env, INPUT_WIDTH: self.shape(self.current).c},
-                     call.span, f"block {block.name!r}")
+        local = bind(block.params, call.args, call.kwargs, self.with_width(call, env), call.span,
+                     f"block {block.name!r}")
         instance = self.instances[call.name] = self.instances.get(call.name, 0) + 1
         inner = _Scope(
             f"{scope.path}.{call.name}{instance}" if scope.path else f"{call.name}{instance}",
@@ -450,17 +461,29 @@ def _expressions(node) -> list:
     return [e for e in found if e is not None]
 
 
-def _size(expr) -> int:
-    """The number of nodes of an expression."""
-    count, stack = 0, [expr]
+def _walk(exprs):
+    """Every node of the expressions ``exprs``, outermost first."""
+    stack = list(exprs)
     while stack:
         e = stack.pop()
-        count += 1
-        if isinstance(e, ast.BinOp):
+        yield e
+        if isinstance(e, (ast.BinOp, ast.Compare)):
             stack += [e.left, e.right]
-        elif isinstance(e, (ast.Neg, ast.Braced)):
-            stack.append(e.operand if isinstance(e, ast.Neg) else e.expr)
-    return count
+        elif isinstance(e, ast.Neg):
+            stack.append(e.operand)
+        elif isinstance(e, ast.Braced):
+            stack.append(e.expr)
+        elif isinstance(e, (ast.ListOf, ast.Func)):
+            stack += e.items if isinstance(e, ast.ListOf) else e.args
+        elif isinstance(e, ast.Index):
+            stack += [e.target, e.index]
+        elif isinstance(e, ast.Cond):
+            stack += [e.then, e.test, e.other]
+
+
+def _size(expr) -> int:
+    """The number of nodes of an expression."""
+    return sum(1 for _ in _walk([expr]))
 
 
 def _choice(option: ast.Option | None, env, default: str, choices: tuple[str, ...]) -> str:
