@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from archdsl.ops.base import Lowered, OpDef, ShapeError, need_map, register
+from archdsl.ops.base import Layer, Lowered, OpDef, ShapeError, need_map, register
 from archdsl.shape import Shape
+
+_MODULES = "archdsl.codegen.torch_ops"  # where the in-process modules of these ops live
 
 
 def _add_shape(attrs: dict, inputs: list[Shape]) -> Shape:
@@ -22,11 +24,12 @@ def _pad_shape(attrs: dict, inputs: list[Shape]) -> Shape:
 
 def _pad_lower(a: dict, x: Shape) -> Lowered:
     s, extra = a["stride"], a["out_channels"] - x.c
-    return Lowered(None, f"F.pad({{0}}[:, :, ::{s}, ::{s}], (0, 0, 0, 0, 0, {extra}))", "pad_shortcut", (s, extra))
+    return Lowered(None, f"F.pad({{0}}[:, :, ::{s}, ::{s}], (0, 0, 0, 0, 0, {extra}))",
+                   module=Layer(_MODULES, "ShortcutPad", (s, extra)))
 
 
 register(
-    OpDef("ADD", "add", 2, {}, _add_shape, lambda a, x: Lowered(None, "{0} + {1}", "add"),
+    OpDef("ADD", "add", 2, {}, _add_shape, lambda a, x: Lowered(None, "{0} + {1}", module=Layer(_MODULES, "Add")),
           doc="elementwise sum of two same-shaped tensors (residual add)", node_name="add",
           groups=frozenset({"merge"})),
     OpDef("SHORTCUT_PAD", "shortcut_pad", 1, {"stride": int, "out_channels": int}, _pad_shape, _pad_lower,
