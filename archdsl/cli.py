@@ -52,6 +52,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output file (default build/<net>.py)")
     p.add_argument("--backend", choices=("torch", "triton"), default="torch")
     p.add_argument("--brief", action="store_true", help="summary rows for weighted layers only")
+    p.add_argument("--softmax", action="store_true",
+                   help="end the module in the spec's final softmax (default: return the logits before it)")
     p.add_argument("--dense", action="store_true",
                    help="the fully-convolutional form for dense evaluation (fc layers become convolutions "
                         "converted at the spec's input size; --input sets the size it is summarised at); "
@@ -174,8 +176,16 @@ def _build(args) -> int:
     from archdsl.pipeline import lower_graph
     from archdsl.summary import table
 
+    from archdsl.backends import get
+
+    missing = get(args.backend).missing()
+    if missing:  # the written module would not import
+        print(f"error: --backend {args.backend} writes a module that imports {', '.join(missing)}, which is "
+              f"not installed here (pip install 'archdsl[{args.backend}]'); --backend torch needs nothing more",
+              file=sys.stderr)
+        return 2
     graph, dense_input = _load(args, dense=True) if args.dense else (_load(args), None)
-    lowered = lower_graph(graph, args.backend, dense=args.dense, dense_input=dense_input)
+    lowered = lower_graph(graph, args.backend, dense=args.dense, dense_input=dense_input, softmax=args.softmax)
     source = emit_source(lowered, backend=args.backend)
     default = f"{graph.name}_dense.py" if args.dense else f"{graph.name}.py"
     out = Path(args.output) if args.output else Path("build") / default

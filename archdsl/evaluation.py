@@ -165,7 +165,7 @@ class Evaluator:
                  std: Sequence[float] = (1.0, 1.0, 1.0), device: str | torch.device = "cpu",
                  batch: int = 50, grid: int = 5):
         from archdsl.pipeline import compile
-        from archdsl.passes.fc_to_conv import drop_output_softmax
+        from archdsl.passes.logits import drop_output_softmax
 
         methods = set(methods)
         unknown = methods - {"dense", "multi-crop"}

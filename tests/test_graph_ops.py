@@ -105,3 +105,23 @@ def test_receptive_field_through_branches_is_the_widest():
 def test_graphs_lower_as_analysed(spec):
     counted = check_lowering(archdsl.loads(spec))
     assert counted["params"] == archdsl.loads(spec).params
+
+
+def test_graph_modules_pickle_and_script():
+    import io
+    import pickle
+
+    g = archdsl.loads("net g : 3x8x8 { conv3-8; concat { conv1-4 | identity }; "
+                      "multiply { identity | gap; conv1-12 act=none; hardsigmoid }; gap; fc-3 }")
+    model = archdsl.compile(g).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(pickle.loads(pickle.dumps(model))(x), want)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        torch.testing.assert_close(torch.load(buffer, weights_only=False)(x), want)
+        torch.testing.assert_close(torch.jit.script(model)(x), want)
+    shown = repr(model)
+    assert "(concat1): Concat()" in shown and "(mul1): Multiply()" in shown

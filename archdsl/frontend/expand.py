@@ -103,6 +103,9 @@ class Builder:
         stem = scope.prefix + (base or TABLE[op].node_name)
         count = self.counters[stem] = self.counters.get(stem, 0) + 1
         name = stem if op is Op.INPUT else f"{stem}{count}"
+        while name in self.graph:  # block a1 called once and block a called 11 times: a11_...
+            count = self.counters[stem] = count + 1
+            name = f"{stem}{count}"
         args = (self.current,) if args is None else args
         self.graph.add_op(name, op, args, attrs, span=span, scope=scope.path)
         node = self.graph.nodes[name]
@@ -250,7 +253,8 @@ class Builder:
         instance = self.instances[call.name] = self.instances.get(call.name, 0) + 1
         inner = _Scope(
             f"{scope.path}.{call.name}{instance}" if scope.path else f"{call.name}{instance}",
-            f"{call.name}{instance}_",
+            # Node names become attribute names; a leading "__" would be name-mangled in a class.
+            ("b" if call.name.startswith("__") else "") + f"{call.name}{instance}_",
             scope.calls + (call.name,),
             body=block.body,
         )

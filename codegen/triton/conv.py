@@ -49,7 +49,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from archdsl.codegen.triton import runtime
+from archdsl.codegen.triton import support
 
 __all__ = [
     "ConfigCheck",
@@ -842,7 +842,7 @@ class FusedConv2d(torch.nn.Conv2d):
         return self._packed
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if runtime.kernel_can_run(x, self.weight):
+        if support.kernel_can_run(x, self.weight):
             stride, padding, out_shape = _check_inputs(
                 x, self.weight, self.bias, residual, self.stride, self.padding, self.groups
             )
