@@ -80,12 +80,12 @@ register(
     OpDef("CONCAT", "concat", (2, 1024), {"inputs": int}, _concat_shape, _concat_lower,
           doc="concatenation along the channels of maps of the same height and width (or of vectors); "
               "attrs['inputs'] is the number of args", node_name="concat", groups=frozenset({"merge"}),
-          describe=lambda a: f"concat of {a['inputs']}", check=_concat_check),
+          describe=lambda a: f"concat of {a['inputs']} (a copy; no MACs)", check=_concat_check),
     OpDef("MULTIPLY", "multiply", 2, {}, _multiply_shape,
           lambda a, x: Lowered(None, "{0} * {1}", module=Layer(_MODULES, "Multiply")),
           doc="elementwise product of a map (first input) and a same-shaped map or a Cx1x1 gate, "
               "broadcast over the map (squeeze-and-excitation)", node_name="mul", groups=frozenset({"merge"}),
-          describe=lambda a: "multiply (gate)"),
+          describe=lambda a: "multiply (one product per element, not counted in MACs)"),
     OpDef("ADD", "add", 2, {}, _add_shape, lambda a, x: Lowered(None, "{0} + {1}", module=Layer(_MODULES, "Add")),
           doc="elementwise sum of two same-shaped tensors (residual add)", node_name="add",
           groups=frozenset({"merge"})),
