@@ -81,6 +81,23 @@ class _Scope:
             scope = scope.parent
         return None
 
+    def defined_inside(self, name: str) -> Span | None:
+        """Where ``name`` is defined inside a body nested in this block or net (not visible
+        outside it), if it is."""
+        root = self
+        while root.parent is not None:
+            root = root.parent
+        stack = list(root.body)
+        while stack:
+            stmt = stack.pop()
+            if stmt.label is not None and stmt.label.name == name:
+                return stmt.label.span
+            if isinstance(stmt, (ast.Group, ast.Residual)):
+                stack += stmt.body
+            elif isinstance(stmt, ast.Merge):
+                stack += [s for branch in stmt.branches for s in branch]
+        return None
+
 
 class Builder:
     def __init__(self, program: Program, limits: Limits):
@@ -413,6 +430,11 @@ class Builder:
         if later is not None:
             return SpecError(f"name {name!r} is used before it is defined (at line {later.line}): expected a "
                              "name defined above", span).with_note(f"{name!r} is defined here", later)
+        inside = scope.defined_inside(name)
+        if inside is not None:
+            return SpecError(f"name {name!r} is not visible here: it is defined inside a branch, group or residual "
+                             f"body (line {inside.line}); expected a name defined in this body or around it",
+                             span).with_note(f"{name!r} is defined here", inside)
         known = [*layer_names(), *self.program.blocks, *scope.visible()]
         values = ", ".join(scope.visible()) or "none"
         return SpecError(f"unknown layer {name!r}{did_you_mean(name, known)}: expected a layer, a block or a "
