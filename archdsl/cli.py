@@ -172,28 +172,28 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def _build(args) -> int:
+    from archdsl.backends import get
     from archdsl.codegen.torch_source import emit_source
     from archdsl.pipeline import lower_graph
     from archdsl.summary import table
 
-    from archdsl.backends import get
-
-    missing = get(args.backend).missing()
+    backend = get(args.backend)
+    missing = backend.missing()
     if missing:  # the written module would not import
-        print(f"error: --backend {args.backend} writes a module that imports {', '.join(missing)}, which is "
-              f"not installed here (pip install 'archdsl[{args.backend}]'); --backend torch needs nothing more",
+        print(f"error: --backend {backend.name} writes a module that imports {', '.join(missing)}, which is "
+              f"not installed here (pip install 'archdsl[{backend.name}]'); --backend torch needs nothing more",
               file=sys.stderr)
         return 2
     graph, dense_input = _load(args, dense=True) if args.dense else (_load(args), None)
-    lowered = lower_graph(graph, args.backend, dense=args.dense, dense_input=dense_input, softmax=args.softmax)
-    source = emit_source(lowered, backend=args.backend)
+    lowered = lower_graph(graph, backend, dense=args.dense, dense_input=dense_input, softmax=args.softmax)
+    source = emit_source(lowered, backend=backend)
     default = f"{graph.name}_dense.py" if args.dense else f"{graph.name}.py"
     out = Path(args.output) if args.output else Path("build") / default
     print(table(lowered, brief=args.brief))
-    if args.backend == "triton":
+    if backend.rules:
         from archdsl.passes.fuse import fusion_summary
 
-        print(f"backend triton: {fusion_summary(lowered)}")
+        print(f"backend {backend.name}: {fusion_summary(lowered)}")
     write_atomic(out, source)
     print(f"\nwrote {out}")
     return 0

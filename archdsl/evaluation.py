@@ -35,6 +35,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from archdsl.ir import ArchGraph
+from archdsl.tables import fixed_width
 
 #: ImageNet mean RGB value on the 0..255 scale (VGG's normalisation: subtract it, nothing else).
 IMAGENET_MEAN = (123.68, 116.779, 103.939)
@@ -321,9 +322,4 @@ def table(results: Sequence[Result], crops: dict[str, int] | None = None) -> str
     for r in results:
         label = r.method + (f" ({crops[r.method]} crops)" if crops and r.method in crops else "")
         rows.append((label, str(r.images), f"{r.top1:.2f} %", f"{r.top5:.2f} %"))
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def fmt(row):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])
+    return "\n".join(fixed_width(header, rows, right=range(1, len(header))))

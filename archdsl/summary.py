@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from archdsl.ir import ArchGraph
+from archdsl.tables import fixed_width
 from archdsl.ops import describe
 
 
@@ -66,16 +67,9 @@ def table(graph: ArchGraph, brief: bool = False) -> str:
         body.append((row["name"], row["layer"], "x".join(map(str, row["output_shape"])),
                      f"{row['params']:,}" if row["params"] else "", _si(row["macs"]) if row["macs"] else "",
                      str(row["receptive_field"]), str(row["stride"])))
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    right = {3, 4, 5, 6}
-
-    def fmt(r):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-
     activations = sum(d["meta"]["activations"] for _, d in graph.nodes(data=True))
     params = ", ".join(f"{k}={v}" for k, v in sorted(graph.graph.get("params", {}).items()))
-    lines = [f"{graph.name}" + (f" ({params})" if params else ""), fmt(header), "  ".join("-" * w for w in widths)]
-    lines += [fmt(r) for r in body]
+    lines = [f"{graph.name}" + (f" ({params})" if params else ""), *fixed_width(header, body, right={3, 4, 5, 6})]
     lines += [
         "",
         f"input {graph.input_shape} -> output {graph.output_shape}",

@@ -364,3 +364,13 @@ def test_random_specs_fusion_rules_and_lowering(g):
     # the fused graph's shapes, parameters and MACs are what its (torch) lowering computes, and
     # its emitted source runs: archdsl.testing's end-to-end check
     at.check_lowering(f, batch=2)
+
+
+def test_the_rewrite_driver_says_whether_it_changed_the_graph():
+    g = archdsl.load("cifar_resnet", n=1)
+    f, changed = rewrite(g, TRITON_RULES)
+    assert changed and ops(f).count(Op.FUSED_CONV) == ops(g).count(Op.CONV)
+    again, changed = rewrite(f, TRITON_RULES)
+    assert not changed and structure(again) == structure(f) and again is not f
+    same, changed = rewrite(g, ())
+    assert not changed and snapshot(same) == snapshot(g)
