@@ -376,3 +376,8 @@ def test_the_readmes_language_examples_parse_and_build():
             "se(320) }")
     g = archdsl.loads(graph_example + uses, net="use")
     assert g.output_shape.dims == (320, 28, 28)
+
+
+def test_identity_is_the_current_value_and_emits_nothing():
+    assert chain("net a : 3x8x8 { conv3-4; identity; relu }")[1:] == ["conv", "relu"]
+    assert chain("net a : 3x8x8 { conv3-4; identity; bn; fc-2 }")[1:] == ["conv", "bn", "relu", "linear"]

@@ -226,7 +226,7 @@ class Builder:
         """A bare name: continue from that value (True), or not a value (False)."""
         if layer.width is not None or layer.stride is not None or layer.options:
             return False
-        if layer.name.lower() == "identity":  # the current value itself
+        if layer.name.lower() == "identity":  # the current value itself (its implied ReLU still to come)
             return True
         found = scope.lookup(layer.name)
         if found is None:
