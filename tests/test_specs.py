@@ -241,3 +241,14 @@ def test_densenet121_widths_grow_by_k_per_layer():
     assert concats[:6] == [64 + 32 * i for i in range(1, 7)]
     assert concats[6] == 128 + 32 and concats[-1] == 512 + 16 * 32 == 1024
     assert str(g.output_shape) == "1000" and g.shape("gap1").dims == (1024, 1, 1)
+
+
+# torchvision's published "GFLOPS" for its googlenet and densenet121 (multiply-adds, two
+# significant digits), within 1 %: the concatenations and gates add no MACs.
+TORCHVISION_MACS = {"googlenet": 1.50e9, "densenet121": 2.83e9}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_MACS))
+def test_dag_macs_match_torchvision(name):
+    macs = archdsl.load(name).macs
+    assert abs(macs - TORCHVISION_MACS[name]) / TORCHVISION_MACS[name] < 0.01
