@@ -13,6 +13,7 @@ gives (``"torch"``, ``"triton"``); everything after that asks the object, never 
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -35,12 +36,18 @@ class Backend:
             lowering.
         overrides: op -> ``lower(attrs, x) -> Lowered``, replacing the op table's lowering.
         kernels: it runs archdsl's Triton kernels (so it needs them to be runnable here).
+        packages: what the modules it writes import besides torch.
     """
 
     name: str
     rules: tuple = ()
     overrides: dict[Op, Callable[[dict, Shape], Lowered]] = field(default_factory=dict)
     kernels: bool = False
+    packages: tuple[str, ...] = ()
+
+    def missing(self) -> list[str]:
+        """The packages a module written for this backend imports that are not installed here."""
+        return [p for p in self.packages if importlib.util.find_spec(p) is None]
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
@@ -73,7 +80,7 @@ def _triton_lrn(a: dict, x: Shape) -> Lowered:
 
 
 TORCH = Backend("torch")
-TRITON = Backend("triton", rules=TRITON_RULES, kernels=True,
+TRITON = Backend("triton", rules=TRITON_RULES, kernels=True, packages=("triton",),
                  overrides={Op.CONV: _triton_conv, Op.FUSED_CONV: _triton_fused_conv, Op.LRN: _triton_lrn})
 
 #: Every backend, by name.

@@ -167,13 +167,17 @@ def _output_path(output: str | None, default_name: str) -> Path:
 
 # -- the commands -------------------------------------------------------------------------------
 def _build_args(p: argparse.ArgumentParser) -> None:
+    from archdsl.backends import BACKENDS
+
     _spec_args(p)
     p.add_argument("-o", "--output", metavar="PATH",
                    help=f"output file, or a folder to write <net>.py into (default {OUTPUT_DIR}/<net>.py)")
-    p.add_argument("--backend", choices=("torch", "triton"), default="torch",
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="torch",
                    help="torch: PyTorch layers; triton: archdsl's fused Triton kernels where they apply "
                         "(default torch)")
     p.add_argument("--brief", action="store_true", help="summary rows for weighted layers only")
+    p.add_argument("--softmax", action="store_true",
+                   help="end the module in the spec's final softmax (default: return the logits before it)")
     p.add_argument("--dense", action="store_true",
                    help="the fully-convolutional form for dense evaluation (fc layers become convolutions "
                         "converted at the spec's input size; --input sets the size it is summarised at); "
@@ -182,10 +186,17 @@ def _build_args(p: argparse.ArgumentParser) -> None:
 
 
 def _build(args) -> int:
+    from archdsl.backends import get
     from archdsl.codegen.torch_source import emit_source
     from archdsl.pipeline import lower_graph
     from archdsl.summary import table
 
+    backend = get(args.backend)
+    missing = backend.missing()
+    if missing:  # the written module would not import
+        raise UsageError(f"--backend {backend.name} writes a module that imports {', '.join(missing)}, which is "
+                         f"not installed here (pip install 'archdsl[{backend.name}]'); --backend torch needs "
+                         "nothing more")
     limits = _limits(args)
     if args.dense:
         graph, dense_input = _load(args, dense=True)
@@ -193,17 +204,17 @@ def _build(args) -> int:
         graph, dense_input = _load(args), None
     # The output is checked before the work and the summary, so a bad -o costs nothing.
     out = _output_path(args.output, f"{graph.name}_dense.py" if args.dense else f"{graph.name}.py")
-    lowered = lower_graph(graph, args.backend, dense=args.dense, dense_input=dense_input)
-    source = emit_source(lowered, backend=args.backend)
+    lowered = lower_graph(graph, backend, dense=args.dense, dense_input=dense_input, softmax=args.softmax)
+    source = emit_source(lowered, backend=backend)
     tally(emitted_bytes=len(source))
     if len(source) > limits.max_output_bytes:
         raise SpecError(f"the module source of net {graph.name!r} is {len(source):,} bytes, over the limit of "
                         f"{limits.max_output_bytes:,} (limit max_output_bytes)", graph.graph.get("spec"))
     print(table(lowered, brief=args.brief))
-    if args.backend == "triton":
+    if backend.rules:
         from archdsl.passes.fuse import fusion_summary
 
-        print(f"backend triton: {fusion_summary(lowered)}")
+        print(f"backend {backend.name}: {fusion_summary(lowered)}")
     write_atomic(out, source)
     print(f"\nwrote {printable(str(out))}")
     return 0

@@ -44,6 +44,7 @@ import torch
 
 from archdsl.errors import UsageError, printable
 from archdsl.ir import ArchGraph
+from archdsl.tables import fixed_width
 
 #: ImageNet mean RGB value on the 0..255 scale (VGG's normalisation: subtract it, nothing else).
 IMAGENET_MEAN = (123.68, 116.779, 103.939)
@@ -263,7 +264,7 @@ class Evaluator:
                  std: Sequence[float] = (1.0, 1.0, 1.0), device: str | torch.device = "cpu",
                  batch: int = 50, grid: int = 5):
         from archdsl.pipeline import compile
-        from archdsl.passes.fc_to_conv import drop_output_softmax
+        from archdsl.passes.logits import drop_output_softmax
 
         methods = set(methods)
         unknown = methods - {"dense", "multi-crop"}
@@ -454,9 +455,5 @@ def table(results: Sequence[Result], crops: dict[str, int] | None = None) -> str
         top5 = f"{r.top5:.2f} %" if not math.isnan(r.top5) else (
             f"n/a ({r.classes} classes)" if r.classes <= 5 else "n/a")
         rows.append((label, str(r.images), f"{r.top1:.2f} %", top5))
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def fmt(row):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])
+    return "
+".join(fixed_width(header, rows, right=range(1, len(header))))

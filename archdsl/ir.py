@@ -144,8 +144,8 @@ def verify(graph: ArchGraph, analysed: bool = True) -> None:
     if output not in graph:
         raise VerifyError(f"graph {graph.name!r}: output {output!r} is not a node")
     for name, data in graph.nodes(data=True):
-        if not name.isidentifier():
-            fail(name, "name is not a Python identifier")
+        if not name.isidentifier() or name.startswith("__"):
+            fail(name, "name is not a Python identifier that can name an attribute (no leading '__')")
         op = data.get("op")
         if not isinstance(op, Op):
             fail(name, f"op {op!r} is not an Op")

@@ -134,7 +134,7 @@ def load_for_dense(spec: str | Path | ArchGraph, *, net: str | None = None, inpu
 
 
 def lower_graph(graph: ArchGraph, backend: Backend | str = "torch", *, dense: bool = False,
-                dense_input: Shape | None = None) -> ArchGraph:
+                dense_input: Shape | None = None, softmax: bool = False) -> ArchGraph:
     """The transforms between a checked graph and a module, in order; each result verified.
 
     Args:
@@ -143,11 +143,16 @@ def lower_graph(graph: ArchGraph, backend: Backend | str = "torch", *, dense: bo
         dense: the fully-convolutional form (:func:`~archdsl.passes.fc_to_conv.fc_to_conv`).
         dense_input: the input shape the dense form runs at (default the graph's own, which is
             also the size the fc layers are converted at).
+        softmax: keep a softmax that ends the net; by default the module returns the scores
+            before it (logits, what ``F.cross_entropy`` takes).
     """
     from archdsl.passes.fc_to_conv import fc_to_conv
+    from archdsl.passes.logits import drop_output_softmax
     from archdsl.passes.rewrite import rewrite
 
     backend = get(backend)
+    if not softmax:
+        graph = drop_output_softmax(graph)  # logits out
     if dense:
         graph = fc_to_conv(graph, dense_input)  # dense form: fc layers become convolutions
     verify(graph)
@@ -157,7 +162,7 @@ def lower_graph(graph: ArchGraph, backend: Backend | str = "torch", *, dense: bo
 
 
 def compile(spec: str | Path | ArchGraph, *, backend: str = "torch", dense: bool = False,
-            net: str | None = None, input: Any = None, limits: Limits = DEFAULT,
+            softmax: bool = False, net: str | None = None, input: Any = None, limits: Limits = DEFAULT,
             params: dict[str, Value] | None = None, **kwargs: Value):
     """Compile a spec (path, bundled name, or a graph from :func:`load`) to a ``torch.nn.Module``.
 
@@ -170,6 +175,9 @@ def compile(spec: str | Path | ArchGraph, *, backend: str = "torch", dense: bool
             and its ``load_state_dict`` takes the ordinary module's ``state_dict()`` unchanged.
             ``input`` then sets the size the shapes are inferred at, never the converted kernels,
             which come from the spec's own input size (see :func:`load_for_dense`).
+        softmax: end in the spec's final softmax. By default the module returns the scores
+            before it (logits), as torchvision and timm models do, for ``F.cross_entropy``;
+            the graph and its counts keep the softmax either way.
         net, input, limits, params, kwargs: as for :func:`loads`, when ``spec`` is not a graph.
     """
     from archdsl.codegen.torch_module import build_module
@@ -182,7 +190,7 @@ def compile(spec: str | Path | ArchGraph, *, backend: str = "torch", dense: bool
     else:
         graph = spec if isinstance(spec, ArchGraph) else load(
             spec, net=net, input=input, limits=limits, params=params, **kwargs)
-    graph = lower_graph(graph, wanted, dense=dense, dense_input=dense_input)
+    graph = lower_graph(graph, wanted, dense=dense, dense_input=dense_input, softmax=softmax)
     if graph.params > limits.max_params:
         raise SpecError(f"net {graph.name!r} has {graph.params:,} parameters, over the limit of "
                         f"{limits.max_params:,} (limit max_params)", graph.graph.get("spec"))

@@ -12,6 +12,7 @@ import json
 
 from archdsl.errors import printable
 from archdsl.ir import ArchGraph
+from archdsl.tables import fixed_width
 from archdsl.ops import describe
 
 
@@ -85,17 +86,10 @@ def table(graph: ArchGraph, brief: bool = False) -> str:
                      f"{row['param_count']:,}" if row["param_count"] else "",
                      _si(row["mac_count"]) if row["mac_count"] else "",
                      str(row["receptive_field"]), str(row["stride"])))
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    right = {3, 4, 5, 6}
-
-    def fmt(r):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-
     activations = sum(d["meta"]["activations"] for _, d in graph.nodes(data=True))
     params = printable(arguments(graph.graph.get("params", {})))
     title = printable(graph.name) + (f" ({params})" if params else "")
-    lines = [title, fmt(header), "  ".join("-" * w for w in widths)]
-    lines += [fmt(r) for r in body]
+    lines = [title, *fixed_width(header, body, right={3, 4, 5, 6})]
     lines += [
         "",
         f"input {graph.input_shape} -> output {graph.output_shape}",

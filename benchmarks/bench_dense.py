@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import archdsl  # noqa: E402
 from archdsl import evaluation as ev  # noqa: E402
-from archdsl.passes.fc_to_conv import drop_output_softmax, fc_to_conv  # noqa: E402
+from archdsl.passes.fc_to_conv import fc_to_conv  # noqa: E402
+from archdsl.passes.logits import drop_output_softmax  # noqa: E402
 from archdsl.registry import resolve_spec  # noqa: E402
 
 

@@ -196,7 +196,7 @@ def build_variants(spec: str, params: dict, variants, args):
     """name -> callable, all with the torch-backend module's weights."""
     import archdsl
 
-    from archdsl.passes.fc_to_conv import drop_output_softmax
+    from archdsl.passes.logits import drop_output_softmax
 
     # Without the final softmax: the outputs compared are the logits. (A softmax of random-weight
     # logits is often saturated to one-hot, which would hide a disagreement.)

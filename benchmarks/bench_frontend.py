@@ -5,6 +5,8 @@ Compares, side by side in one run:
     against torch.fx.symbolic_trace of the same network written by hand in PyTorch
     (tracing alone: no shapes, no counts; the module is built before the clock starts);
   * the 1202-layer CIFAR ResNet (n=200) against the 0.5 s budget;
+  * DAG-shaped nets: GoogLeNet, DenseNet-121 and DenseNet-264 (264 layers, 58 + 64 + ...
+    concatenations), the last against twice ResNet-152's time;
   * cost against depth (CIFAR ResNets, n = 25 ... 400), which should be linear.
 
     python benchmarks/bench_frontend.py            # prints a markdown table
@@ -92,6 +94,15 @@ def main() -> None:
     rows.append(("ResNet-152: archdsl.load (checked + counted)", f"{dsl_time * 1e3:.1f} ms", ""))
     rows.append(("ResNet-152: torch.fx.symbolic_trace (trace only)", f"{fx_time * 1e3:.1f} ms",
                  f"archdsl / fx = {dsl_time / fx_time:.2f}"))
+
+    googlenet = timed(lambda: archdsl.load("googlenet"), args.repeat)
+    rows.append(("GoogLeNet: archdsl.load", f"{googlenet * 1e3:.1f} ms", f"{len(archdsl.load('googlenet'))} nodes"))
+    densenet121 = timed(lambda: archdsl.load("densenet121"), args.repeat)
+    rows.append(("DenseNet-121: archdsl.load", f"{densenet121 * 1e3:.1f} ms",
+                 f"{len(archdsl.load('densenet121'))} nodes"))
+    densenet264 = timed(lambda: archdsl.load("densenet121", blocks=(6, 12, 64, 48)), args.repeat)
+    rows.append(("DenseNet-264 (blocks=[6,12,64,48]): archdsl.load", f"{densenet264 * 1e3:.1f} ms",
+                 f"DenseNet-264 / ResNet-152 = {densenet264 / dsl_time:.2f} (budget 2)"))
 
     big = timed(lambda: archdsl.load("cifar_resnet", n=200), args.repeat)
     rows.append(("CIFAR ResNet-1202 (n=200): archdsl.load", f"{big * 1e3:.1f} ms", "budget 500 ms"))

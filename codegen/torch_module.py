@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.fx
 
 from archdsl.backends import TORCH, Backend
 from archdsl.codegen.torch_ops import forward_fn, from_linear, last_uses, linear_weights_as_kernels, lower
@@ -34,8 +35,9 @@ class ArchModule(torch.nn.Module):
         # Layers are registered in the order the spec wrote them (so the state_dict's order does
         # not depend on how a fusion rewired inputs); the program runs in topological order.
         for name, lowered in lowered_nodes.items():
-            if lowered.layer is not None:
-                self.add_module(name, lowered.layer.build())
+            layer = lowered.layer or lowered.module  # activations and merges are modules too
+            if layer is not None:
+                self.add_module(name, layer.build())
             for _, attribute, layer in lowered.extra:  # e.g. a fused conv's batch norm
                 self.add_module(attribute, layer.build())
         self._program = []
@@ -43,7 +45,7 @@ class ArchModule(torch.nn.Module):
             if name == self._input:
                 continue
             lowered = lowered_nodes[name]
-            self._program.append((name, lowered.layer is not None, forward_fn(lowered),
+            self._program.append((name, (lowered.layer or lowered.module) is not None, forward_fn(lowered),
                                   graph.nodes[name]["args"], tuple(frees[name]),
                                   tuple((role, attribute) for role, attribute, _ in lowered.extra)))
         self._from_linear = from_linear(graph)
@@ -65,6 +67,15 @@ class ArchModule(torch.nn.Module):
             for value in frees:
                 del env[value]
         return env[self._output]
+
+    def __prepare_scriptable__(self) -> torch.nn.Module:
+        """What ``torch.jit.script(model)`` compiles: the forward traced into straight-line code
+        (a ``torch.fx.GraphModule`` sharing this module's layers, so the same state_dict keys)."""
+        traced = torch.fx.symbolic_trace(self)
+        for node in traced.graph.nodes:  # fx spells the annotations in names TorchScript rejects
+            node.type = None
+        traced.recompile()
+        return traced
 
     def extra_repr(self) -> str:
         fallback = f" (requested {self.requested_backend!r})" if self.requested_backend != self.backend else ""

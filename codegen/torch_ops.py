@@ -40,36 +40,12 @@ def forward_fn(lowered: Lowered) -> Callable:
 # -- forward helpers (named by Lowered.fn) ------------------------------------------------------
 
 
-def call_layer(layer, x):
-    return layer(x)
+def call_layer(layer, *inputs):
+    return layer(*inputs)
 
 
 def flatten_call_layer(layer, x):
     return layer(torch.flatten(x, 1))
-
-
-def relu(_, x):
-    return torch.relu(x)
-
-
-def softmax(_, x):
-    return torch.softmax(x, dim=1)
-
-
-def add(_, p, q):
-    return p + q
-
-
-def concat(_, *xs):
-    return torch.cat(xs, 1)
-
-
-def multiply(_, x, y):
-    return x * y
-
-
-def pad_shortcut(stride: int, extra: int, _, x):
-    return F.pad(x[:, :, ::stride, ::stride], (0, 0, 0, 0, 0, extra))
 
 
 def conv_bn_relu(relu: bool, conv, x, residual=None, bn=None):
@@ -85,8 +61,48 @@ def triton_fused_conv(relu: bool, conv, x, residual=None, bn=None):
     return fused_conv(x, conv, bn, relu=relu, residual=residual)
 
 
-_FORWARD = {f.__name__: f for f in (call_layer, flatten_call_layer, relu, softmax, add, concat, multiply, pad_shortcut,
-                                     conv_bn_relu, triton_fused_conv)}
+_FORWARD = {f.__name__: f for f in (call_layer, flatten_call_layer, conv_bn_relu, triton_fused_conv)}
+
+
+# -- in-process modules of ops without a layer (Lowered.module) ----------------------------------
+
+
+class Add(torch.nn.Module):
+    """A residual addition."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + y
+
+
+class Concat(torch.nn.Module):
+    """Concatenation along the channels (a concat merge)."""
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, 1)
+
+
+class Multiply(torch.nn.Module):
+    """A map times a same-shaped map or a Cx1x1 gate (a multiply merge, squeeze-and-excitation)."""
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return x * gate
+
+
+class ShortcutPad(torch.nn.Module):
+    """ResNet's option A shortcut: subsample by ``stride``, then ``extra`` zero channels."""
+
+    stride: int
+    extra: int
+
+    def __init__(self, stride: int, extra: int):
+        super().__init__()
+        self.stride, self.extra = stride, extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, 0, self.extra))
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, extra={self.extra}"
 
 
 def from_linear(graph: ArchGraph) -> dict[str, tuple[int, int, int]]:

@@ -7,18 +7,24 @@ identifiers (node names, checked by the IR verifier, re-checked here) and number
 
 from __future__ import annotations
 
+import builtins
 import keyword
+import math
 import re
 
 from archdsl.backends import TORCH, Backend, get
 from archdsl.codegen.torch_ops import from_linear, last_uses, lower
 from archdsl.ir import ArchGraph
 
-_RESERVED = {"self", "torch", "nn", "F", "x", "super", "input", "fused_conv"}
+#: Names the emitted module binds at its top (its imports), which nothing it defines may shadow.
+_IMPORTED = frozenset({"torch", "nn", "F", "fused_conv", "FusedConv2d", "LocalResponseNorm"})
+_BUILTINS = frozenset(dir(builtins))
+_RESERVED = _IMPORTED | _BUILTINS | {"self", "x", "super"}
 
 
 class Namespace:
-    """Hands out Python identifiers: sanitised, never a keyword or a reserved name, unique."""
+    """Hands out Python identifiers: sanitised, never a keyword, a reserved name or a name
+    that starts with ``__`` (mangled inside a class), unique."""
 
     def __init__(self, reserved=()):
         self.taken = set(reserved)
@@ -27,6 +33,8 @@ class Namespace:
         name = re.sub(r"\W", "_", wanted, flags=re.ASCII) or "_"
         if name[0].isdigit():
             name = "_" + name
+        if name.startswith("__"):
+            name = "_" + name.lstrip("_")
         if keyword.iskeyword(name) or name in self.taken:
             base, i = name, 1
             while f"{base}_{i}" in self.taken:
@@ -37,8 +45,12 @@ class Namespace:
 
 
 def class_name(net: str) -> str:
+    """The emitted class's name: the net's name in CamelCase, never shadowing an import or a
+    builtin of the module (a net named ``f`` gives ``FNet``, not ``F``)."""
     name = "".join(part[:1].upper() + part[1:] for part in re.split(r"[^0-9A-Za-z]+", net) if part)
-    return name if name.isidentifier() and not keyword.iskeyword(name) else f"Net{name}"
+    if not name.isidentifier() or keyword.iskeyword(name):
+        return f"Net{name}"
+    return f"{name}Net" if name in _IMPORTED or name in _BUILTINS else name
 
 
 def _plain_name(net: str) -> str:
@@ -50,6 +62,8 @@ def _literal(value) -> str:
     if isinstance(value, bool) or value is None:
         return repr(value)
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):  # repr would be inf or nan: names, not numbers
+            raise ValueError(f"refusing to emit the non-finite number {value!r} into generated source")
         return repr(value)
     if isinstance(value, tuple):
         return "(" + ", ".join(_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
@@ -102,6 +116,8 @@ def emit_source(graph: ArchGraph, backend: Backend | str = TORCH) -> str:
             line += f"; del {', '.join(dead)}"
         line += f"  # {graph.shape(node)}"
         forward.append(line)
+    # The class and the locals of forward must not shadow what the imports bind.
+    assert {line.split()[-1] for line in imports} <= _IMPORTED, imports
     # Layers are declared in the order the spec wrote them (the state_dict's order), which a
     # fusion that rewires inputs does not change; forward runs in topological order.
     init = [line for node in graph.nodes if node in layers for line in layers[node]]

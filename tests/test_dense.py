@@ -16,7 +16,8 @@ import archdsl
 from archdsl.cli import main
 from archdsl.codegen.torch_source import class_name, emit_source
 from archdsl.ir import Op
-from archdsl.passes.fc_to_conv import drop_output_softmax, fc_to_conv
+from archdsl.passes.fc_to_conv import fc_to_conv
+from archdsl.passes.logits import drop_output_softmax
 from archdsl.pipeline import load_for_dense
 
 from archdsl import testing as shared  # the project's strategies of random valid nets
@@ -69,8 +70,8 @@ def test_dense_scores_equal_fc_scores_at_the_spec_input(name):
     # amount that depends on the CPU's vector width. In float64 that noise is ~1e-15, so the
     # tolerance below (1e-5 of the scores) measures the conversion, not the summation order.
     graph = archdsl.load(name)
-    fc = randomise(archdsl.compile(graph), seed=1).double()
-    dense = archdsl.compile(graph, dense=True).eval()
+    fc = randomise(archdsl.compile(graph, softmax=True), seed=1).double()
+    dense = archdsl.compile(graph, dense=True, softmax=True).eval()
     dense.load_state_dict(fc.state_dict(), strict=True)
     dense = dense.double()
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -183,7 +184,7 @@ def test_emitted_dense_source_matches_the_dense_module(name, size, seed):
     dense_graph = fc_to_conv(graph, f"3x{size}x{size}")
     emitted = _exec_module(dense_graph).eval()
     emitted.load_state_dict(fc.state_dict(), strict=True)
-    dense = archdsl.compile(graph, dense=True).eval()
+    dense = archdsl.compile(graph, dense=True, softmax=True).eval()  # as emitted: with the softmax
     dense.load_state_dict(fc.state_dict(), strict=True)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():

@@ -214,7 +214,7 @@ def test_dense_posteriors_average_spatial_scores_then_softmax_then_flips():
     state = archdsl.compile(graph).state_dict()
     evaluator = ev.Evaluator(graph, state, methods=["dense"])
     img = Image.fromarray(torch.randint(0, 255, (40, 56, 3), dtype=torch.uint8).numpy())
-    fc = archdsl.compile(graph).eval()  # ends in softmax; pools globally at any size
+    fc = archdsl.compile(graph, softmax=True).eval()  # ends in softmax; pools globally at any size
     fc.load_state_dict(state)
     x = ev.to_tensor(ev.rescale(img, 48))
     with torch.no_grad():

@@ -71,8 +71,8 @@ def pair(spec, seed=0, **kwargs):
     the LRN kernel takes minutes on AlexNet, and it is tests/test_kernel_lrn.py's subject.
     """
     torch.manual_seed(seed)
-    ref = randomise(archdsl.compile(spec, **kwargs), seed)
-    tri = archdsl.compile(spec, backend="triton", **kwargs)
+    ref = randomise(archdsl.compile(spec, softmax=True, **kwargs), seed)
+    tri = archdsl.compile(spec, backend="triton", softmax=True, **kwargs)
     tri.load_state_dict(ref.state_dict(), strict=True)
     for m in tri.modules():
         if type(m).__name__ == "LocalResponseNorm" and getattr(m, "backend", None) == "triton":
@@ -247,7 +247,7 @@ def test_emitted_triton_source_runs_like_the_in_process_module(no_kernel, tmp_pa
     from archdsl.cli import main
 
     out = tmp_path / "net.py"
-    assert main(["build", "cifar_resnet", "--set", "n=1", "--backend", "triton", "-o", str(out)]) == 0
+    assert main(["build", "cifar_resnet", "--set", "n=1", "--backend", "triton", "--softmax", "-o", str(out)]) == 0
     source = out.read_text()
     assert "from archdsl.codegen.triton.conv import FusedConv2d" in source
     assert "fused_conv(x, self.conv1, self.bn1, relu=True)" in source
@@ -306,7 +306,7 @@ def test_without_a_device_the_triton_backend_runs_pytorch_ops_and_says_so_once(m
     assert not support.available() and "no CUDA device" in support.unavailable_reason()
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        tri = archdsl.compile("cifar_resnet", n=1, backend="triton")
+        tri = archdsl.compile("cifar_resnet", n=1, backend="triton", softmax=True)
         tri2 = archdsl.compile("alexnet", backend="triton", input="3x67x67")
     notes = _runtime_warnings(record)
     assert len(notes) == 1, [str(w.message) for w in record]
@@ -315,7 +315,7 @@ def test_without_a_device_the_triton_backend_runs_pytorch_ops_and_says_so_once(m
     assert type(tri.conv1) is torch.nn.Conv2d and type(tri2.conv1) is torch.nn.Conv2d
     assert type(tri2.lrn1) is torch.nn.LocalResponseNorm
     # not silently wrong either: same function as the torch backend
-    ref = randomise(archdsl.compile("cifar_resnet", n=1))
+    ref = randomise(archdsl.compile("cifar_resnet", n=1, softmax=True))
     tri.load_state_dict(ref.state_dict(), strict=True)
     ref.eval(), tri.eval()
     x = torch.randn(2, 3, 32, 32)

@@ -105,3 +105,48 @@ def test_receptive_field_through_branches_is_the_widest():
 def test_graphs_lower_as_analysed(spec):
     counted = check_lowering(archdsl.loads(spec))
     assert counted["params"] == archdsl.loads(spec).params
+
+
+def test_graph_modules_pickle_and_script():
+    import io
+    import pickle
+
+    g = archdsl.loads("net g : 3x8x8 { conv3-8; concat { conv1-4 | identity }; "
+                      "multiply { identity | gap; conv1-12 act=none; hardsigmoid }; gap; fc-3 }")
+    model = archdsl.compile(g).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(pickle.loads(pickle.dumps(model))(x), want)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        torch.testing.assert_close(torch.load(buffer, weights_only=False)(x), want)
+        torch.testing.assert_close(torch.jit.script(model)(x), want)
+    shown = repr(model)
+    assert "(concat1): Concat()" in shown and "(mul1): Multiply()" in shown
+
+
+def test_dense_form_of_a_dag_with_a_gate_averages_to_the_fc_scores():
+    # squeeze-and-excitation's global pooling is a gate, not the classifier's: the dense form
+    # keeps it and moves only the final pooling; its score map averages to the fc's scores.
+    g = archdsl.loads("net d : 3x16x16 { conv3-8; bn; multiply { identity | gap; conv1-2; conv1-8 act=none; "
+                      "sigmoid }; concat { conv1-4 | conv3-4 }; gap; fc-5; softmax }")
+    fc = archdsl.compile(g).double().eval()
+    dense = archdsl.compile(g, dense=True).double().eval()
+    dense.load_state_dict(fc.state_dict())
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        scores, score_map = fc(x), dense(x)
+    assert score_map.shape == (2, 5, 16, 16)
+    torch.testing.assert_close(score_map.mean((2, 3)), scores)
+
+
+def test_a_branch_that_pools_globally_has_no_score_map():
+    g = archdsl.loads("net d : 3x8x8 {\n  conv3-4/2; conv3-4/2; conv3-4/2\n  concat { gap | conv1-4 }\n  fc-5\n}",
+                      file="d.arch")
+    with pytest.raises(archdsl.SpecError) as info:
+        archdsl.compile(g, dense=True, input="3x32x32")
+    err = info.value
+    assert (err.line, err.column) == (3, 3)
+    assert "no class score map: global average pooling is followed by concat of 2" in err.message

@@ -345,5 +345,39 @@ net a(depths=[1, 2], v15=false) : 3x8x8 {  # head
     assert format_text(messy) == text
     assert parse(messy).nets == parse(text).nets
     assert [c.text for c in parse(format_text(messy)).comments] == [c.text for c in parse(text).comments]
-    with pytest.raises(archdsl.SpecError, match="unknown layer 'z'"):
+    with pytest.raises(archdsl.SpecError, match="name 'z' is not visible here: it is defined inside a branch"):
         archdsl.loads("net a : 4x8x8 { add { z = conv3-4 | conv3-4 }; z }")
+
+
+def _readme_language_blocks():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## The language", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```\n(.*?)```", section, flags=re.S)
+
+
+def test_the_readmes_language_examples_parse_and_build():
+    from archdsl.frontend.parser import parse
+
+    blocks = _readme_language_blocks()
+    assert len(blocks) >= 4
+    for text in blocks:
+        spec = parse(text)
+        if not spec.nets or spec.imports:  # a library excerpt, or an excerpt of a bundled spec
+            continue
+        for net in spec.nets:
+            graph = archdsl.loads(text, net=net.name)
+            archdsl.verify(graph)
+    # the graph examples' blocks, used in a net of their own
+    graph_example = next(b for b in blocks if "block inception" in b)
+    uses = ("net use : 64x28x28 { inception(64, 96, 128, 16, 32, 32); dense_block(32, 2); "
+            "se(320) }")
+    g = archdsl.loads(graph_example + uses, net="use")
+    assert g.output_shape.dims == (320, 28, 28)
+
+
+def test_identity_is_the_current_value_and_emits_nothing():
+    assert chain("net a : 3x8x8 { conv3-4; identity; relu }")[1:] == ["conv", "relu"]
+    assert chain("net a : 3x8x8 { conv3-4; identity; bn; fc-2 }")[1:] == ["conv", "bn", "relu", "linear"]

@@ -1,4 +1,5 @@
-"""The bundled specs reproduce the papers (numbers from REFERENCE.md, pinned exactly) and
+"""The bundled specs reproduce the papers (Krizhevsky et al. 2012; Simonyan & Zisserman 2014,
+Tables 1 and 2; He et al. 2016, Table 1 and section 4.2; numbers pinned exactly) and
 lower to modules that agree with the analysis. Parameterised over `archdsl list`, so a new
 spec is tested the moment it is added."""
 
@@ -10,7 +11,9 @@ from archdsl.codegen.torch_source import class_name, emit_source
 
 SPECS = [s.name for s in archdsl.list_specs()]
 
-# Exact parameter counts (REFERENCE.md; option B shortcuts for the ImageNet ResNets).
+# Exact parameter counts of the published configurations: AlexNet's two-GPU net (Krizhevsky et
+# al. 2012), VGG's Table 1 columns (Simonyan & Zisserman 2014; Table 2 gives them in millions),
+# ResNet's Table 1 with option B shortcuts and the CIFAR-10 nets of section 4.2 (He et al. 2016).
 PARAMS = {
     "alexnet": 60_965_224,
     "vgg_a": 132_863_336,
@@ -47,7 +50,9 @@ PAPER_MACS = {
     "vgg_e": 19.6e9,
 }
 
-# The same by REFERENCE.md's formula, v1 stride placement (three significant digits).
+# The same counted layer by layer from He et al. 2016, Table 1 (a conv: H_out x W_out x C_out x
+# C_in/groups x k_h x k_w; an fc: in x out), stride on the first 1x1 conv of a bottleneck as
+# published (three significant digits).
 FORMULA_MACS = {
     "resnet18": 1.81e9,
     "resnet34": 3.66e9,
@@ -131,7 +136,7 @@ def test_emitted_source_is_the_same_module(name):
     namespace = {}
     exec(compile(source, f"<{name}>", "exec"), namespace)
     emitted = namespace[class_name(graph.name)]()
-    module = archdsl.compile(graph)
+    module = archdsl.compile(graph, softmax=True)  # the graph as emitted: with its softmax
     assert [(k, v.shape) for k, v in emitted.state_dict().items()] == \
            [(k, v.shape) for k, v in module.state_dict().items()]
     emitted.load_state_dict(module.state_dict())
@@ -236,3 +241,14 @@ def test_densenet121_widths_grow_by_k_per_layer():
     assert concats[:6] == [64 + 32 * i for i in range(1, 7)]
     assert concats[6] == 128 + 32 and concats[-1] == 512 + 16 * 32 == 1024
     assert str(g.output_shape) == "1000" and g.shape("gap1").dims == (1024, 1, 1)
+
+
+# torchvision's published "GFLOPS" for its googlenet and densenet121 (multiply-adds, two
+# significant digits), within 1 %: the concatenations and gates add no MACs.
+TORCHVISION_MACS = {"googlenet": 1.50e9, "densenet121": 2.83e9}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_MACS))
+def test_dag_macs_match_torchvision(name):
+    macs = archdsl.load(name).macs
+    assert abs(macs - TORCHVISION_MACS[name]) / TORCHVISION_MACS[name] < 0.01

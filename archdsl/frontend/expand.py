@@ -81,6 +81,23 @@ class _Scope:
             scope = scope.parent
         return None
 
+    def defined_inside(self, name: str) -> Span | None:
+        """Where ``name`` is defined inside a body nested in this block or net (not visible
+        outside it), if it is."""
+        root = self
+        while root.parent is not None:
+            root = root.parent
+        stack = list(root.body)
+        while stack:
+            stmt = stack.pop()
+            if stmt.label is not None and stmt.label.name == name:
+                return stmt.label.span
+            if isinstance(stmt, (ast.Group, ast.Residual)):
+                stack += stmt.body
+            elif isinstance(stmt, ast.Merge):
+                stack += [s for branch in stmt.branches for s in branch]
+        return None
+
 
 class Builder:
     def __init__(self, program: Program, limits: Limits):
@@ -94,6 +111,7 @@ class Builder:
         self.steps = 0  # expansion work so far (limit max_steps)
         self.depth = 0  # block calls and residual units being expanded (limit max_nesting)
         self.weights: dict[int, int] = {}  # statement or block (by id) -> its weight in steps
+        self.reads_width: dict[int, bool] = {}  # statement (by id) -> whether it reads ``in``
 
     # -- nodes -------------------------------------------------------------------------------
     def emit(self, op: Op, attrs: dict, span: Span, scope: _Scope, args=None, base: str | None = None) -> str:
@@ -102,6 +120,9 @@ class Builder:
         stem = scope.prefix + (base or TABLE[op].node_name)
         count = self.counters[stem] = self.counters.get(stem, 0) + 1
         name = stem if op is Op.INPUT else f"{stem}{count}"
+        while name in self.graph:  # block a1 called once and block a called 11 times: a11_...
+            count = self.counters[stem] = count + 1
+            name = f"{stem}{count}"
         args = (self.current,) if args is None else args
         self.graph.add_op(name, op, args, attrs, span=span, scope=scope.path)
         tally(nodes=1)
@@ -132,6 +153,14 @@ class Builder:
         if self.steps > self.limits.max_steps:
             raise SpecError(f"expanding the net takes more than {self.limits.max_steps} steps (limit max_steps): "
                             "repeats of repeated blocks multiply", span)
+
+    def with_width(self, stmt, env: dict[str, Value]) -> dict[str, Value]:
+        """``env`` with ``in``, the current value's width, where ``stmt`` reads it."""
+        reads = self.reads_width.get(id(stmt))
+        if reads is None:
+            reads = self.reads_width[id(stmt)] = any(
+                isinstance(e, ast.Ref) and e.name == INPUT_WIDTH for e in _walk(_expressions(stmt)))
+        return {**env, INPUT_WIDTH: self.shape(self.current).c} if reads else env
 
     def enter(self, span: Span) -> None:
         self.depth += 1
@@ -185,7 +214,9 @@ class Builder:
     def repeats(self, stmt, env) -> int:
         if stmt.repeat is None:
             return 1
-        count = as_int(evaluate(stmt.repeat, env), "a repeat count", stmt.repeat.span)
+        count = evaluate(stmt.repeat, env)
+        if type(count) is not int:
+            count = as_int(count, "a repeat count", stmt.repeat.span)
         if count < 0:
             raise SpecError(f"expected a repeat count >= 0, found {count}", stmt.repeat.span)
         if count > self.limits.max_repeat:
@@ -197,7 +228,7 @@ class Builder:
         """A bare name: continue from that value (True), or not a value (False)."""
         if layer.width is not None or layer.stride is not None or layer.options:
             return False
-        if layer.name.lower() == "identity":  # the current value itself
+        if layer.name.lower() == "identity":  # the current value itself (its implied ReLU still to come)
             return True
         found = scope.lookup(layer.name)
         if found is None:
@@ -214,7 +245,7 @@ class Builder:
             return self.call(ast.Call(layer.name, (), (), layer.span), env, scope)
         if resolve_name(layer.name) is None:
             raise self.unknown(layer.name, layer.span, scope)
-        op, attrs, act = layer_op(layer, {**env, INPUT_WIDTH: self.shape(self.current).c}, self.limits)
+        op, attrs, act = layer_op(layer, self.with_width(layer, env), self.limits)
         if op in ACTIVATIONS:
             self.pending = None
         elif op not in BEFORE_ACTIVATION:
@@ -236,12 +267,13 @@ class Builder:
             raise SpecError(f"blocks nested more than {self.limits.max_call_depth} deep (limit max_call_depth)",
                             call.span)
         self.charge(block, call.span)
-        local = bind(block.params, call.args, call.kwargs, {**env, INPUT_WIDTH: self.shape(self.current).c},
-                     call.span, f"block {block.name!r}")
+        local = bind(block.params, call.args, call.kwargs, self.with_width(call, env), call.span,
+                     f"block {block.name!r}")
         instance = self.instances[call.name] = self.instances.get(call.name, 0) + 1
         inner = _Scope(
             f"{scope.path}.{call.name}{instance}" if scope.path else f"{call.name}{instance}",
-            f"{call.name}{instance}_",
+            # Node names become attribute names; a leading "__" would be name-mangled in a class.
+            ("b" if call.name.startswith("__") else "") + f"{call.name}{instance}_",
             scope.calls + (call.name,),
             body=block.body,
         )
@@ -374,21 +406,25 @@ class Builder:
             if act == "relu":
                 self.emit(Op.RELU, {}, merge.span, scope)
             return
-        shapes = [self.shape(o) for o in outputs]
-        if merge.kind == "concat":
-            wrong = concat_mismatch(shapes)
-            if wrong is not None:  # at the branch that disagrees
-                raise SpecError(f"concat cannot join branch {wrong[0] + 1} to branch 1: {wrong[1]}",
-                                merge.branches[wrong[0]][0].span).with_note("in this concat", merge.span)
-            self.emit(Op.CONCAT, {"inputs": len(outputs)}, merge.span, scope, args=tuple(outputs))
-            return
-        if len(outputs) != 2:
+        if merge.kind == "multiply" and len(outputs) != 2:
             raise SpecError(f"multiply takes two branches (a map, then its gate), found {len(outputs)}", merge.span)
-        wrong = multiply_mismatch(shapes)
-        if wrong is not None:
-            raise SpecError(f"multiply: {wrong}", merge.branches[1][0].span).with_note("in this multiply",
-                                                                                       merge.span)
-        self.emit(Op.MULTIPLY, {}, merge.span, scope, args=tuple(outputs))
+        try:
+            if merge.kind == "concat":
+                self.emit(Op.CONCAT, {"inputs": len(outputs)}, merge.span, scope, args=tuple(outputs))
+            else:
+                self.emit(Op.MULTIPLY, {}, merge.span, scope, args=tuple(outputs))
+        except SpecError:  # a shape mismatch: say it at the branch that disagrees
+            shapes = [self.shape(o) for o in outputs]
+            if merge.kind == "concat":
+                index, wrong = concat_mismatch(shapes) or (None, None)
+                message = f"concat cannot join branch {(index or 0) + 1} to branch 1: {wrong}"
+            else:
+                index, wrong = 1, multiply_mismatch(shapes)
+                message = f"multiply: {wrong}"
+            if wrong is None:  # not the shapes (a limit): as raised
+                raise
+            raise SpecError(message, merge.branches[index][0].span).with_note(f"in this {merge.kind}",
+                                                                              merge.span) from None
 
     def unknown(self, name: str, span: Span, scope: _Scope) -> SpecError:
         """The error for a name that is no layer, block or value here."""
@@ -396,6 +432,11 @@ class Builder:
         if later is not None:
             return SpecError(f"name {name!r} is used before it is defined (at line {later.line}): expected a "
                              "name defined above", span).with_note(f"{name!r} is defined here", later)
+        inside = scope.defined_inside(name)
+        if inside is not None:
+            return SpecError(f"name {name!r} is not visible here: it is defined inside a branch, group or residual "
+                             f"body (line {inside.line}); expected a name defined in this body or around it",
+                             span).with_note(f"{name!r} is defined here", inside)
         known = [*layer_names(), *self.program.blocks, *scope.visible()]
         values = ", ".join(scope.visible()) or "none"
         return SpecError(f"unknown layer {name!r}{did_you_mean(name, known)}: expected a layer, a block or a "
@@ -448,17 +489,29 @@ def _expressions(node) -> list:
     return [e for e in found if e is not None]
 
 
-def _size(expr) -> int:
-    """The number of nodes of an expression."""
-    count, stack = 0, [expr]
+def _walk(exprs):
+    """Every node of the expressions ``exprs``, outermost first."""
+    stack = list(exprs)
     while stack:
         e = stack.pop()
-        count += 1
-        if isinstance(e, ast.BinOp):
+        yield e
+        if isinstance(e, (ast.BinOp, ast.Compare)):
             stack += [e.left, e.right]
-        elif isinstance(e, (ast.Neg, ast.Braced)):
-            stack.append(e.operand if isinstance(e, ast.Neg) else e.expr)
-    return count
+        elif isinstance(e, ast.Neg):
+            stack.append(e.operand)
+        elif isinstance(e, ast.Braced):
+            stack.append(e.expr)
+        elif isinstance(e, (ast.ListOf, ast.Func)):
+            stack += e.items if isinstance(e, ast.ListOf) else e.args
+        elif isinstance(e, ast.Index):
+            stack += [e.target, e.index]
+        elif isinstance(e, ast.Cond):
+            stack += [e.then, e.test, e.other]
+
+
+def _size(expr) -> int:
+    """The number of nodes of an expression."""
+    return sum(1 for _ in _walk([expr]))
 
 
 def _choice(option: ast.Option | None, env, default: str, choices: tuple[str, ...]) -> str:

@@ -4,7 +4,7 @@ A row (:class:`~archdsl.ops.base.OpDef`) holds an op's schema (inputs, required 
 how specs write it (DSL names, options, the builder of its attributes), its shape rule, its
 parameter and MAC counts, its receptive-field rule, its description, and its PyTorch lowering
 (used by both the in-process module and the emitted source). The rows live in one module per
-op family -- ``conv``, ``fc``, ``pools``, ``norm``, ``pointwise``, ``merges``, ``input`` -- each
+op family -- ``conv``, ``fc``, ``pools``, ``norm``, ``pointwise``, ``merges``, ``graph_input`` -- each
 calling :func:`~archdsl.ops.base.register`; the :class:`Op` enum is made from the registered
 rows, in registration order.
 
@@ -33,7 +33,7 @@ import enum
 
 from archdsl.errors import Span, SpecError
 from archdsl.ops import base
-from archdsl.ops import input, conv, fc, pools, norm, pointwise, merges  # noqa: F401  (register rows)
+from archdsl.ops import graph_input, conv, fc, pools, norm, pointwise, merges  # noqa: F401  (register rows)
 from archdsl.ops.base import Dsl, Layer, Lowered, OpDef, ShapeError
 from archdsl.shape import Shape
 

@@ -48,7 +48,9 @@ class Lowered:
     ``(role, attribute name, Layer)``: stored as attributes under those names, written
     ``{role}`` in ``expr`` and passed to ``fn`` as the keyword argument ``role`` (a fused conv
     keeps its batch norm under the BN node's name, so state_dict keys are those of the unfused
-    graph). ``imports``: lines the source needs.
+    graph). ``imports``: lines the source needs. ``module``: for a node without a layer, the
+    module that computes it in-process (``nn.ReLU()``), so that ``print(model)`` shows every
+    activation and merge; the source keeps the plain call of ``expr``.
     """
 
     layer: Layer | None
@@ -57,6 +59,7 @@ class Lowered:
     fn_args: tuple = ()
     extra: tuple[tuple[str, str, Layer], ...] = ()
     imports: tuple[str, ...] = ()
+    module: Layer | None = None
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@ conv and fc layers only); a multiply costs one product per output element, a con
 
 from __future__ import annotations
 
-from archdsl.ops.base import Lowered, OpDef, ShapeError, need_map, register
+from archdsl.ops.base import Layer, Lowered, OpDef, ShapeError, need_map, register
 from archdsl.shape import Shape
+
+_MODULES = "archdsl.codegen.torch_ops"  # where the in-process modules of these ops live
 
 
 def _add_shape(attrs: dict, inputs: list[Shape]) -> Shape:
@@ -25,7 +27,8 @@ def _pad_shape(attrs: dict, inputs: list[Shape]) -> Shape:
 
 def _pad_lower(a: dict, x: Shape) -> Lowered:
     s, extra = a["stride"], a["out_channels"] - x.c
-    return Lowered(None, f"F.pad({{0}}[:, :, ::{s}, ::{s}], (0, 0, 0, 0, 0, {extra}))", "pad_shortcut", (s, extra))
+    return Lowered(None, f"F.pad({{0}}[:, :, ::{s}, ::{s}], (0, 0, 0, 0, 0, {extra}))",
+                   module=Layer(_MODULES, "ShortcutPad", (s, extra)))
 
 
 def concat_mismatch(inputs: list[Shape]) -> tuple[int, str] | None:
@@ -50,7 +53,7 @@ def _concat_shape(attrs: dict, inputs: list[Shape]) -> Shape:
 
 def _concat_lower(a: dict, x: Shape) -> Lowered:
     items = ", ".join(f"{{{i}}}" for i in range(a["inputs"]))
-    return Lowered(None, f"torch.cat([{items}], 1)", "concat")
+    return Lowered(None, f"torch.cat([{items}], 1)", module=Layer(_MODULES, "Concat"))
 
 
 def multiply_mismatch(inputs: list[Shape]) -> str | None:
@@ -77,12 +80,13 @@ register(
     OpDef("CONCAT", "concat", (2, 1024), {"inputs": int}, _concat_shape, _concat_lower,
           doc="concatenation along the channels of maps of the same height and width (or of vectors); "
               "attrs['inputs'] is the number of args", node_name="concat", groups=frozenset({"merge"}),
-          describe=lambda a: f"concat of {a['inputs']}", check=_concat_check),
-    OpDef("MULTIPLY", "multiply", 2, {}, _multiply_shape, lambda a, x: Lowered(None, "{0} * {1}", "multiply"),
+          describe=lambda a: f"concat of {a['inputs']} (a copy; no MACs)", check=_concat_check),
+    OpDef("MULTIPLY", "multiply", 2, {}, _multiply_shape,
+          lambda a, x: Lowered(None, "{0} * {1}", module=Layer(_MODULES, "Multiply")),
           doc="elementwise product of a map (first input) and a same-shaped map or a Cx1x1 gate, "
               "broadcast over the map (squeeze-and-excitation)", node_name="mul", groups=frozenset({"merge"}),
-          describe=lambda a: "multiply (gate)"),
-    OpDef("ADD", "add", 2, {}, _add_shape, lambda a, x: Lowered(None, "{0} + {1}", "add"),
+          describe=lambda a: "multiply (one product per element, not counted in MACs)"),
+    OpDef("ADD", "add", 2, {}, _add_shape, lambda a, x: Lowered(None, "{0} + {1}", module=Layer(_MODULES, "Add")),
           doc="elementwise sum of two same-shaped tensors (residual add)", node_name="add",
           groups=frozenset({"merge"})),
     OpDef("SHORTCUT_PAD", "shortcut_pad", 1, {"stride": int, "out_channels": int}, _pad_shape, _pad_lower,

@@ -4,7 +4,7 @@ of the channels)."""
 
 from __future__ import annotations
 
-from archdsl.ops.base import Dsl, Lowered, OpDef, ShapeError, call, need_map, register, same_shape, simple_dsl
+from archdsl.ops.base import Dsl, Lowered, OpDef, ShapeError, call, need_map, nn, register, same_shape, simple_dsl
 from archdsl.shape import Shape
 
 
@@ -19,7 +19,8 @@ _ACTIVATION = frozenset({"pointwise", "activation"})
 def _activation(name: str, value: str, cls: str, names: tuple[str, ...], doc: str) -> OpDef:
     """An activation lowered to the ``torch.nn`` module of that name."""
     return OpDef(name, value, 1, {}, same_shape, lambda a, x: call("torch.nn", cls), doc=doc,
-                 node_name=value + "_" * value[-1].isdigit(), groups=_ACTIVATION, dsl=Dsl(names, simple_dsl(), doc=f"{names[0]}: {doc}"))
+                 node_name=value + "_" * value[-1].isdigit(), groups=_ACTIVATION,
+                 dsl=Dsl(names, simple_dsl(), doc=f"{names[0]}: {doc}"))
 
 
 def _shuffle_shape(attrs: dict, inputs: list[Shape]) -> Shape:
@@ -32,7 +33,7 @@ def _shuffle_shape(attrs: dict, inputs: list[Shape]) -> Shape:
 
 
 register(
-    OpDef("RELU", "relu", 1, {}, same_shape, lambda a, x: Lowered(None, "torch.relu({0})", "relu"),
+    OpDef("RELU", "relu", 1, {}, same_shape, lambda a, x: Lowered(None, "torch.relu({0})", module=nn("ReLU")),
           node_name="relu", groups=frozenset({"pointwise", "activation"}),
           dsl=Dsl(("relu",), simple_dsl(), doc="relu: an explicit ReLU")),
     OpDef("SIGMOID", "sigmoid", 1, {}, same_shape, lambda a, x: call("torch.nn", "Sigmoid"),
@@ -54,7 +55,7 @@ register(
           node_name="dropout", groups=frozenset({"pointwise"}), describe=lambda a: f"dropout {a['p']:g}",
           dsl=Dsl(("dropout",), simple_dsl(check=_dropout_check, p=0.5), ("p",), doc="dropout: dropout, p=0.5")),
     OpDef("SOFTMAX", "softmax", 1, {}, same_shape,
-          lambda a, x: Lowered(None, "torch.softmax({0}, dim=1)", "softmax"),
+          lambda a, x: Lowered(None, "torch.softmax({0}, dim=1)", module=nn("Softmax", dim=1)),
           doc="softmax over channels (dim 1)", node_name="softmax", groups=frozenset({"pointwise", "activation"}),
           dsl=Dsl(("softmax", "soft-max"), simple_dsl(), doc="softmax (or soft-max): softmax over channels")),
 )

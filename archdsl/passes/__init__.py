@@ -5,6 +5,7 @@
     rewrite.py     rewrite(graph, rules) -> (graph, changed): the one rewrite driver
     fuse.py        the fusion rules (conv+BN, conv+ReLU, residual epilogue) a backend runs
     fc_to_conv.py  the fully-convolutional form for dense evaluation
+    logits.py      drop_output_softmax: the scores before a final softmax
 
 They are run in order by :func:`archdsl.pipeline.lower_graph`.
 """

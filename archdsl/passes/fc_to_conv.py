@@ -171,19 +171,3 @@ def _reinfer(graph: ArchGraph, dense_input: Shape | None) -> ArchGraph:
     analyse(graph)
     verify(graph)
     return graph
-
-
-def drop_output_softmax(graph: ArchGraph) -> ArchGraph:
-    """``graph`` without a softmax that ends it (a new graph): the output is the raw scores.
-
-    Evaluation averages scores before the softmax; a graph that does not end in a softmax is
-    returned as a copy.
-    """
-    new = graph.copy()
-    output = new.graph["output"]
-    if new.nodes[output]["op"] is Op.SOFTMAX:
-        (source,) = new.nodes[output]["args"]
-        new.remove_node(output)
-        new.graph["output"] = source
-    verify(new)
-    return new

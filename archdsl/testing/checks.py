@@ -13,7 +13,7 @@ def _prepared(graph: ArchGraph, module=None, seed: int = 0):
     import torch
 
     if module is None:
-        module = archdsl.compile(graph)
+        module = archdsl.compile(graph, softmax=True)  # the graph as it is, final softmax included
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for sub in module.modules():  # batch norm with statistics of its own, not the identity

@@ -1,0 +1,153 @@
+"""The lowered modules behave like any nn.Module: they pickle, save, deep-copy and script;
+print shows every layer; they return logits unless asked for the softmax; the emitted source
+never shadows its own imports or builtins; only finite numbers reach it."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import io
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import archdsl
+from archdsl import Op
+from archdsl.cli import main
+from archdsl.codegen.torch_source import class_name, emit_source
+from archdsl.pipeline import lower_graph
+
+# Every kind of node the torch lowering makes: conv, LRN, pools, BN, ReLU, option A shortcut,
+# projection shortcut, add, dropout, fc on a map, softmax.
+SMALL = """net small : 3x16x16 {
+    conv3-8; lrn; maxpool
+    residual shortcut=A { conv3-16/2 bias=false; bn; conv3-16 bias=false; bn }
+    residual shortcut=B { conv3-24/2; bn }
+    avgpool; dropout; fc-10; softmax
+}"""
+
+
+def _emitted(source: str, net: str):
+    namespace: dict = {}
+    exec(compile(source, "<emitted>", "exec"), namespace)
+    return namespace[class_name(net)]()
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_modules_pickle_save_deepcopy_and_script(dense):
+    torch.manual_seed(0)
+    model = archdsl.compile(archdsl.loads(SMALL), dense=dense).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want = model(x)
+        for copied in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+            assert torch.equal(copied(x), want) and type(copied) is type(model)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        assert torch.equal(torch.load(buffer, weights_only=False)(x), want)
+        scripted = torch.jit.script(model)
+        torch.testing.assert_close(scripted(x), want)
+    assert scripted.state_dict().keys() == model.state_dict().keys()
+
+
+def test_print_shows_activations_and_merges():
+    text = str(archdsl.compile(archdsl.loads(SMALL)))
+    assert "(relu1): ReLU()" in text and "(add1): Add()" in text and "(add2): Add()" in text
+    assert "(shortcut1): ShortcutPad(stride=2, extra=8)" in text
+    assert "Softmax" not in text  # logits by default
+    assert "(softmax1): Softmax(dim=1)" in str(archdsl.compile(archdsl.loads(SMALL), softmax=True))
+
+
+def test_compile_returns_logits_that_train_with_cross_entropy():
+    graph = archdsl.load("cifar_resnet", n=1)
+    assert graph.nodes[graph.graph["output"]]["op"] is Op.SOFTMAX  # the spec's graph keeps it
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    losses = {}
+    for softmax in (False, True):
+        torch.manual_seed(0)
+        model = archdsl.compile(graph, softmax=softmax)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        first = last = None
+        for _ in range(15):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            first, last = first or loss.item(), loss.item()
+        losses[softmax] = (first, last)
+    # On logits 15 steps fit one batch (2.3 -> about 0.03); cross-entropy on probabilities
+    # applies the softmax twice and barely moves (2.3 -> about 2.0).
+    assert losses[False][1] < 0.2 * losses[False][0]
+    assert losses[True][1] > 0.5 * losses[True][0]
+
+
+def test_softmax_true_ends_in_the_softmax_of_the_logits():
+    torch.manual_seed(0)
+    logits = archdsl.compile(archdsl.loads(SMALL)).eval()
+    probs = archdsl.compile(archdsl.loads(SMALL), softmax=True).eval()
+    probs.load_state_dict(logits.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(probs(x), torch.softmax(logits(x), dim=1))
+        assert not torch.allclose(logits(x).sum(1), torch.ones(2))
+    graph = archdsl.loads(SMALL)
+    assert (lower_graph(graph).params, lower_graph(graph).macs) == (graph.params, graph.macs)
+
+
+def test_emitted_module_returns_logits_unless_built_with_softmax(tmp_path, capsys):
+    for flags, last in (([], "return fc1"), (["--softmax"], "return softmax1")):
+        out = tmp_path / f"small{len(flags)}.py"
+        spec = tmp_path / "small.arch"
+        spec.write_text(SMALL)
+        assert main(["build", str(spec), "-o", str(out), *flags]) == 0
+        source = out.read_text()
+        assert source.rstrip().splitlines()[-1].strip() == last
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("net", ["f", "F", "fused_conv2d", "local_response_norm", "exception", "torch"])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_emitted_names_never_shadow_imports_builtins_or_mangle(net, backend):
+    text = f"""block __b() {{ conv3-4 }}
+net {net} : 3x8x8 {{
+    __b; lrn; conv3-4 act=none
+    residual shortcut=A {{ conv3-8/2 }}
+    gap; fc-3
+}}"""
+    graph = archdsl.loads(text)
+    assert all(not n.startswith("__") for n in graph.nodes)
+    source = emit_source(lower_graph(graph, backend), backend)
+    cls = class_name(net)
+    assert cls not in {"F", "FusedConv2d", "LocalResponseNorm", "Exception"} and f"class {cls}(" in source
+    emitted = _emitted(source, net).eval()
+    model = archdsl.compile(graph).eval()
+    assert emitted.state_dict().keys() == model.state_dict().keys()
+    emitted.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(emitted(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("option", ["alpha=1e308 size=2", "k=1e300", "beta=1e9"])
+def test_absurd_lrn_values_are_spec_errors_at_the_option(option, tmp_path, capsys):
+    spec = tmp_path / "lrn.arch"
+    spec.write_text(f"net a : 3x8x8 {{\n  conv3-4\n  lrn {option}\n}}\n")
+    assert main(["build", str(spec), "-o", str(tmp_path / "a.py")]) == 2
+    err = capsys.readouterr().err
+    assert f"{spec}:3:" in err and "at most" in err and "Traceback" not in err
+    assert not (tmp_path / "a.py").exists()
+    with pytest.raises(archdsl.SpecError, match="at most"):
+        archdsl.loads("net a : 3x8x8 { conv3-4; bn eps=1e300 }")
+
+
+def test_build_for_triton_without_triton_refuses_clearly(monkeypatch, tmp_path, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a))
+    out = tmp_path / "net.py"
+    assert main(["build", "cifar_resnet", "--set", "n=1", "--backend", "triton", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "imports triton, which is not installed" in err and "--backend torch" in err
+    assert not out.exists()
