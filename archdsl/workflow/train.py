@@ -13,7 +13,6 @@ continues from it, on the CPU bit for bit (the data order and augmentation are f
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import random
@@ -59,15 +58,11 @@ class TrainError(Exception):
 
 
 def logits_module(graph: ArchGraph, backend: str = "torch") -> torch.nn.Module:
-    """The module of ``graph`` returning scores: a softmax that ends the spec is left out.
-
-    The graph is cut before the softmax, so the module gives logits whatever ``compile``'s
-    default is; where ``compile`` takes ``softmax=`` it is asked for logits as well."""
+    """The module of ``graph`` returning scores (a softmax that ends the spec is left out), as
+    ``F.cross_entropy`` expects."""
     from archdsl import compile as compile_spec
-    from archdsl.passes.fc_to_conv import drop_output_softmax
 
-    extra = {"softmax": False} if "softmax" in inspect.signature(compile_spec).parameters else {}
-    return compile_spec(drop_output_softmax(graph), backend=backend, **extra)
+    return compile_spec(graph, backend=backend, softmax=False)
 
 
 def learning_rate(recipe: Recipe, iteration: int, total: int, drops: int) -> float:
