@@ -455,5 +455,4 @@ def table(results: Sequence[Result], crops: dict[str, int] | None = None) -> str
         top5 = f"{r.top5:.2f} %" if not math.isnan(r.top5) else (
             f"n/a ({r.classes} classes)" if r.classes <= 5 else "n/a")
         rows.append((label, str(r.images), f"{r.top1:.2f} %", top5))
-    return "
-".join(fixed_width(header, rows, right=range(1, len(header))))
+    return "\n".join(fixed_width(header, rows, right=range(1, len(header))))
