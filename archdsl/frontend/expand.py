@@ -202,7 +202,7 @@ class Builder:
         if previous is not None:
             raise SpecError(f"name {name!r} is defined twice: expected a new name (it is defined at line "
                             f"{previous[1].line})", span).with_note("first defined here", previous[1])
-        clash = ("a parameter" if name in env and what == "loop index" else
+        clash = ("a parameter or an enclosing loop's index" if name in env and what == "loop index" else
                  "a block" if name in self.program.blocks else
                  "a layer" if resolve_name(name) is not None or name.lower() == "identity" else
                  "the input width" if name == INPUT_WIDTH else None)
