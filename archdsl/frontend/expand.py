@@ -172,10 +172,10 @@ class Builder:
             self.charge(stmt, stmt.span)
             count = self.repeats(stmt, env)
             if stmt.index is not None:
-                self.check_name(stmt.index, stmt.repeat.span, scope, env, what="loop index")
+                self.check_name(stmt.index.name, stmt.index.span, scope, env, what="loop index")
             for copy in range(count):
                 self.charge(stmt, stmt.span)
-                local = env if stmt.index is None else {**env, stmt.index: copy}
+                local = env if stmt.index is None else {**env, stmt.index.name: copy}
                 if isinstance(stmt, ast.Layer):
                     self.layer(stmt, local, scope)
                 elif isinstance(stmt, ast.Call):
