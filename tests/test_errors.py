@@ -293,3 +293,9 @@ def test_merge_errors():
     assert "never used" in error("net g : 8x8x8 { x = conv3-8; conv3-4; x }").message
     err = error("net g : 8x8x8 { concta { conv3-2 | conv3-2 } }")
     assert "unknown layer 'concta' (did you mean 'concat'?)" in err.message
+
+
+def test_a_loop_index_that_hides_a_parameter():
+    err = error("net a(i=1) : 3x8x8 {\n  conv3-{4+i} x2 for i\n}")
+    assert (err.line, err.column) == (2, 22)
+    assert "loop index 'i' is already a parameter or an enclosing loop's index" in err.message

@@ -119,7 +119,7 @@ class Option:
 
 # -- statements ---------------------------------------------------------------------------
 # Every statement may carry: ``repeat`` (``x{n}``), ``index`` (the name ``for i`` gives the
-# copy's number 0, 1, ...), and ``label`` (``x = ...``: its output becomes the value ``x``).
+# copy's number 0, 1, ..., a Label), and ``label`` (``x = ...``: its output becomes the value ``x``).
 @dataclass(frozen=True)
 class Label:
     name: str
@@ -136,7 +136,7 @@ class Layer:
     options: tuple[Option, ...]
     span: Span = field(compare=False)
     repeat: Expr | None = None
-    index: str | None = None
+    index: "Label | None" = None
     label: Label | None = None
 
 
@@ -149,7 +149,7 @@ class Call:
     kwargs: tuple[Option, ...]
     span: Span = field(compare=False)
     repeat: Expr | None = None
-    index: str | None = None
+    index: "Label | None" = None
     label: Label | None = None
 
 
@@ -159,7 +159,7 @@ class Residual:
     body: tuple["Stmt", ...]
     span: Span = field(compare=False)
     repeat: Expr | None = None
-    index: str | None = None
+    index: "Label | None" = None
     label: Label | None = None
     end_line: int = field(default=0, compare=False)  # the line of the closing brace
 
@@ -174,7 +174,7 @@ class Merge:
     branches: tuple[tuple["Stmt", ...], ...]
     span: Span = field(compare=False)
     repeat: Expr | None = None
-    index: str | None = None
+    index: "Label | None" = None
     label: Label | None = None
     end_line: int = field(default=0, compare=False)  # the line of the closing brace
 
@@ -186,7 +186,7 @@ class Group:
     body: tuple["Stmt", ...]
     span: Span = field(compare=False)
     repeat: Expr | None = None
-    index: str | None = None
+    index: "Label | None" = None
     label: Label | None = None
     end_line: int = field(default=0, compare=False)
 

@@ -174,10 +174,10 @@ class Builder:
             self.charge(stmt, stmt.span)
             count = self.repeats(stmt, env)
             if stmt.index is not None:
-                self.check_name(stmt.index, stmt.repeat.span, scope, env, what="loop index")
+                self.check_name(stmt.index.name, stmt.index.span, scope, env, what="loop index")
             for copy in range(count):
                 self.charge(stmt, stmt.span)
-                local = env if stmt.index is None else {**env, stmt.index: copy}
+                local = env if stmt.index is None else {**env, stmt.index.name: copy}
                 if isinstance(stmt, ast.Layer):
                     self.layer(stmt, local, scope)
                 elif isinstance(stmt, ast.Call):
@@ -204,7 +204,7 @@ class Builder:
         if previous is not None:
             raise SpecError(f"name {name!r} is defined twice: expected a new name (it is defined at line "
                             f"{previous[1].line})", span).with_note("first defined here", previous[1])
-        clash = ("a parameter" if name in env and what == "loop index" else
+        clash = ("a parameter or an enclosing loop's index" if name in env and what == "loop index" else
                  "a block" if name in self.program.blocks else
                  "a layer" if resolve_name(name) is not None or name.lower() == "identity" else
                  "the input width" if name == INPUT_WIDTH else None)

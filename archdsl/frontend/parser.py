@@ -175,7 +175,7 @@ class _ToAst(Transformer_NonRecursive):
 
     def repeat(self, meta, children):
         _, count, index = children
-        return count, (None if index is None else str(index))
+        return count, (None if index is None else ast.Label(str(index), self.src.of(index)))
 
     def layer(self, meta, children):
         name, width, stride, *options = children

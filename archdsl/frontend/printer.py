@@ -175,7 +175,7 @@ def _label(stmt: ast.Stmt) -> str:
 def _repeat(stmt: ast.Stmt) -> str:
     if stmt.repeat is None:
         return ""
-    return f" x{format_expr(stmt.repeat)}" + (f" for {stmt.index}" if stmt.index is not None else "")
+    return f" x{format_expr(stmt.repeat)}" + (f" for {stmt.index.name}" if stmt.index is not None else "")
 
 
 def _options(options) -> str:
