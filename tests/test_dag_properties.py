@@ -1,4 +1,4 @@
-"""Property tests on random DAGs (archdsl.testing_dags): branches merged by concat, add and
+"""Property tests on random DAGs (archdsl.testing.dags): branches merged by concat, add and
 multiply, named values, repeated groups and loop indices. Every drawn spec must load, and its
 inferred shapes, parameters and MACs must equal what PyTorch's module reports; the emitted
 source must compute the same; the printer must round-trip it; fusion must leave it verified.
@@ -14,7 +14,7 @@ from archdsl.frontend.parser import parse
 from archdsl.frontend.printer import format_text
 from archdsl.ir import verify
 from archdsl.testing import check_lowering
-from archdsl.testing_dags import dag_specs
+from archdsl.testing.dags import dag_specs
 
 # Drawing a DAG takes many small choices, so some draws are slow to generate; that is the
 # generator's cost, not the code under test, hence the too_slow health check is off.

@@ -16,7 +16,8 @@ repeats -- as spec text written in varied styles, or as checked graphs::
 the parameter count and the MACs against what the lowered module really does. For fuzzing,
 :func:`mutated_specs`, :func:`token_soup` and :func:`bundled_sources` give hostile text.
 
-The package holds three modules: :mod:`~archdsl.testing.generator` (random valid nets),
+The package holds four modules: :mod:`~archdsl.testing.generator` (random valid nets),
+:mod:`~archdsl.testing.dags` (random DAGs: branches merged by concat, add and multiply),
 :mod:`~archdsl.testing.hostile` (text for fuzzing) and :mod:`~archdsl.testing.checks` (checks
 against PyTorch); everything public is re-exported here.
 
@@ -26,6 +27,7 @@ Needs ``hypothesis`` (installed with the ``test`` extra); archdsl itself does no
 from archdsl.testing.checks import (
     check_lowering, count_macs, count_params, emitted_shapes, real_shapes, source_module,
 )
+from archdsl.testing.dags import dag_specs
 from archdsl.testing.generator import KINDS, SHORTCUTS, Config, GeneratedNet, graphs, nets, specs
 from archdsl.testing.hostile import (
     TOKENS, bundled_sources, hostile_text, limit_probes, mutated_specs, token_soup,
@@ -33,7 +35,7 @@ from archdsl.testing.hostile import (
 
 __all__ = [
     "Config", "GeneratedNet", "KINDS", "SHORTCUTS", "TOKENS",
-    "nets", "specs", "graphs",
+    "nets", "specs", "graphs", "dag_specs",
     "bundled_sources", "mutated_specs", "token_soup", "hostile_text", "limit_probes",
     "check_lowering", "count_macs", "count_params", "real_shapes", "source_module", "emitted_shapes",
 ]

@@ -8,7 +8,7 @@ finds every inferred shape, the parameters and the MACs equal to what PyTorch's 
 
     from hypothesis import given
     from archdsl.testing import check_lowering
-    from archdsl.testing_dags import dag_specs
+    from archdsl.testing.dags import dag_specs
 
     @given(dag_specs())
     def test_dags_lower_as_analysed(dag):
