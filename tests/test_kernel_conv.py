@@ -561,3 +561,36 @@ def test_small_c_prune_keeps_the_gathers_in_registers():
     assert _tiles(conv_tuning.prune_small_c(configs, named, KH=7, KW=7)) == {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
     configs.append(conv_tuning._config(128, 64, 32, 4, 3))  # 64 + 32 per thread: fits both
     assert (128, 64, 32, 4, 3) in _tiles(conv_tuning.prune_small_c(configs, named, KH=7, KW=7))
+
+
+# --------------------------------------------------------------------------------------------
+# The module's launch cache
+# --------------------------------------------------------------------------------------------
+
+
+def test_module_checks_a_layout_once_then_launches_from_its_cache(monkeypatch):
+    gen = torch.Generator().manual_seed(5)
+    fused = conv.FusedConv2d(16, 16, 3, padding=1, relu=True).to(DEVICE)
+    x = _rand(gen, 2, 16, 5, 6, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+    r = _rand(gen, 2, 16, 5, 6, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+    ref = lambda: _reference(x, fused.weight, fused.bias, 1, 1, 1, True, r)  # noqa: E731
+    with torch.no_grad():
+        _assert_close(fused(x, r), ref(), torch.float32)
+        checks = []
+        real = conv._check_inputs
+        monkeypatch.setattr(conv, "_check_inputs", lambda *a: checks.append(a) or real(*a))
+        _assert_close(fused(x, r), ref(), torch.float32)
+        assert checks == []  # the second call of the layout is not checked again
+        fused.weight.mul_(-1.0)  # an in-place update: repacked, the cached launch still serves
+        _assert_close(fused(x, r), ref(), torch.float32)
+        assert checks == []
+        x2 = _rand(gen, 1, 16, 4, 4, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+        _assert_close(fused(x2), _reference(x2, fused.weight, fused.bias, 1, 1, 1, True, None), torch.float32)
+        assert len(checks) == 1  # a new layout is checked once
+        nchw = x.contiguous()  # not channels_last: the checked path, which converts it
+        _assert_close(fused(nchw, r), ref(), torch.float32)
+        assert len(checks) == 2
+    # With autograd the checked path runs, and gradients flow.
+    xg = x.clone().requires_grad_(True)
+    fused(xg, r).sum().backward()
+    assert xg.grad is not None and len(checks) == 3
