@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from archdsl.codegen.fold import fold_bn
-from archdsl.codegen.triton import support
+from archdsl.codegen.triton.support import kernel_can_run, notice, unavailable_reason, why_not
 
 __all__ = ["fused_conv", "resolve_backend"]
 
@@ -62,9 +62,9 @@ def resolve_backend(backend: str) -> str:
     """The backend a module is built for: ``backend``, except ``"torch"`` for ``"triton"``
     when no kernel can run here (with the notice)."""
     if backend == "triton":
-        reason = support.unavailable_reason()
+        reason = unavailable_reason()
         if reason is not None:
-            support.notice(reason)
+            notice(reason)
             return "torch"
     return backend
 
@@ -72,12 +72,12 @@ def resolve_backend(backend: str) -> str:
 def _conv(x: torch.Tensor, conv, weight, bias, relu: bool, residual=None) -> torch.Tensor:
     """``relu?(conv2d(x, weight, bias) + residual?)`` with ``conv``'s stride, padding and
     groups: the Triton kernel where it runs, else F.conv2d (with the notice)."""
-    if support.kernel_can_run(x, weight):
+    if kernel_can_run(x, weight):
         from archdsl.codegen.triton.conv import conv2d  # imports triton: only when a kernel runs
 
         return conv2d(x, weight, bias, tuple(conv.stride), tuple(conv.padding), conv.groups, relu=relu,
                       residual=residual)
-    support.notice(support.why_not("conv", x, weight))
+    notice(why_not("conv", x, weight))
     y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     if residual is not None:
         y = y + residual
@@ -86,7 +86,7 @@ def _conv(x: torch.Tensor, conv, weight, bias, relu: bool, residual=None) -> tor
 
 def _run(x: torch.Tensor, conv, residual=None) -> torch.Tensor:
     """A FusedConv2d's own forward (kernel, cached packed weight) where the kernel runs."""
-    if support.kernel_can_run(x, conv.weight):
+    if kernel_can_run(x, conv.weight):
         return conv(x, residual)
     return _conv(x, conv, conv.weight, conv.bias, conv.relu, residual)
 
