@@ -15,8 +15,9 @@
 #   benchmarks/gpu_check.sh --smoke                       # every step on the CPU, tiny shapes
 #
 # The triton compile cache is shared by the steps, so step 4 reuses step 1's compiled tiles.
-# Without lark installed, put the repository on PYTHONPATH (this script does) or
-# `pip install --no-deps --no-build-isolation .` first. Exit status: the first failing step's.
+# On the GPU machine (no network) lark comes from a wheel carried in .whl/, and the package is
+# installed from this checkout if it does not import (first step, "setup"). Exit status: the
+# first failing step's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +28,6 @@ fi
 OUT="${OUT:-$(mktemp -d -t gpu_check.XXXXXX)}"
 export OUT
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$OUT/triton-cache}"
 PY="${PYTHON:-python}"
 status=0
@@ -46,6 +46,23 @@ step() {
         tail -n 20 "$OUT/$name.log"
     fi
 }
+
+# Setup: lark (from .whl/ offline), then the package: as installed, else from this checkout on
+# PYTHONPATH, else installed from it (a layout PYTHONPATH cannot serve).
+importable() { timeout 60 "$PY" -c "import lark, archdsl.codegen.triton.support" 2>/dev/null; }
+timeout 60 "$PY" -c "import lark" 2>/dev/null \
+    || timeout 120 "$PY" -m pip install -q --no-index --find-links .whl lark >>"$OUT/setup.log" 2>&1
+if ! importable; then
+    if PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" importable; then
+        export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    else
+        timeout 180 "$PY" -m pip install -q --no-deps --no-build-isolation . >>"$OUT/setup.log" 2>&1
+    fi
+fi
+if ! importable; then
+    echo "gpu_check.sh: archdsl (with lark) does not import; see $OUT/setup.log" >&2
+    exit 2
+fi
 
 # Limits add up to 450 s; each script's own --budget-s ends it earlier with its table written.
 # A smoke run (the CPU, Triton's interpreter) is slower per shape: its limits are scaled.
