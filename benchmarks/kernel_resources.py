@@ -64,7 +64,8 @@ def main(argv=None) -> int:
 
     rows = []
     for spec, dtype, training in CASES:
-        rep = aot.report(lowering_pipeline(archdsl.load(spec), backend="triton"), arch=args.arch, dtype=dtype, batch=args.batch, training=training)
+        lowered = lowering_pipeline(archdsl.load(spec), backend="triton")
+        rep = aot.report(lowered, arch=args.arch, dtype=dtype, batch=args.batch, training=training)
         convs = [r for r in rep.rows if r.kernel.startswith("conv2d")]
         regs = [r.registers for r in rep.rows]
         smem = [r.shared for r in rep.rows]

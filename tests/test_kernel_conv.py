@@ -508,8 +508,8 @@ def _tiles(configs):
             for c in configs}
 
 
-BIG = [conv_tuning._config(128, 256, 64, 8, 3), conv_tuning._config(128, 128, 32, 4, 4), conv_tuning._config(128, 128, 64, 8, 4),
-       conv_tuning._config(64, 64, 32, 4, 5)]
+_config = conv_tuning._config
+BIG = [_config(128, 256, 64, 8, 3), _config(128, 128, 32, 4, 4), _config(128, 128, 64, 8, 4), _config(64, 64, 32, 4, 5)]
 
 
 def test_prune_drops_what_overflows_shared_memory_or_spills():
@@ -553,12 +553,13 @@ def test_prune_never_leaves_nothing():
 
 
 def test_small_c_prune_keeps_the_gathers_in_registers():
-    configs = [conv_tuning._config(128, 64, 64, 4, 3), conv_tuning._config(128, 32, 32, 4, 3), conv_tuning._config(64, 128, 32, 4, 3)]
+    configs = [_config(128, 64, 64, 4, 3), _config(128, 32, 32, 4, 3), _config(64, 128, 32, 4, 3)]
+    kept = {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
     named = _named(torch.float32, c_in=3, c_out=128)
-    assert _tiles(conv_tuning.prune_small_c(configs, named, KH=7, KW=7)) == {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
+    assert _tiles(conv_tuning.prune_small_c(configs, named, KH=7, KW=7)) == kept
     # 2-byte operands: 64 accumulators and 64 gathered values per thread spill with Triton 3.6.
     named = _named(torch.bfloat16, c_in=3, c_out=128)
-    assert _tiles(conv_tuning.prune_small_c(configs, named, KH=7, KW=7)) == {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
+    assert _tiles(conv_tuning.prune_small_c(configs, named, KH=7, KW=7)) == kept
     configs.append(conv_tuning._config(128, 64, 32, 4, 3))  # 64 + 32 per thread: fits both
     assert (128, 64, 32, 4, 3) in _tiles(conv_tuning.prune_small_c(configs, named, KH=7, KW=7))
 
