@@ -6,6 +6,7 @@ it times
 
     Triton     archdsl's FusedConv2d (implicit-GEMM kernel, bias and ReLU fused, autotuned)
     cuDNN      F.relu(F.conv2d(x, w, b, ...)) in eager mode (cudnn.benchmark on)
+    cuDNN conv F.conv2d(x, w) alone: kernel against kernel, without the fusion's gain
     compile    torch.compile of that same function (default mode)
 
 and reports time and TFLOP/s (2 * MACs / time) with speed ratios, after checking each
@@ -116,10 +117,10 @@ def resnet50() -> list[tuple[str, ConvShape]]:
 def smoke() -> list[tuple[str, ConvShape]]:
     """Tiny layers of each kind (first layer, 3x3, grouped 5x5, strided 1x1) for --smoke."""
     return [
-        ("first", ConvShape(3, 16, 9, 3, 1, 1)),
-        ("3x3", ConvShape(16, 32, 8, 3, 1, 1)),
-        ("grouped", ConvShape(32, 32, 7, 5, 1, 2, groups=2)),
-        ("1x1/2", ConvShape(32, 16, 8, 1, 2, 0)),
+        ("first", ConvShape(3, 16, 5, 3, 1, 1)),
+        ("3x3", ConvShape(16, 32, 5, 3, 1, 1)),
+        ("grouped", ConvShape(32, 32, 4, 5, 1, 2, groups=2)),
+        ("1x1/2", ConvShape(32, 16, 6, 1, 2, 0)),
     ]
 
 
@@ -159,7 +160,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.smoke:
         NETS["smoke"] = smoke
-        args.nets, args.batch, args.no_cuda_graph = "smoke", 2, True
+        args.nets, args.batch, args.no_cuda_graph = "smoke", 1, True
     args.nets = [n.strip() for n in args.nets.split(",") if n.strip()]
     unknown = [n for n in args.nets if n not in NETS]
     if unknown:
@@ -170,38 +171,11 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------
 
 
-def bench_ms(fn, cuda_graph: bool) -> float:
-    """Median time of ``fn`` in ms.
-
-    With ``cuda_graph`` the calls are captured in a CUDA graph and replayed, which measures
-    GPU time alone: at batch 64 the late ResNet layers run in tens of microseconds, about what
-    a Python-level launch costs, and eager timing would compare launch paths, not kernels.
-    """
-    if DEVICE != "cuda":
-        return common.wall_ms(fn)
-    import triton.testing
-
-    if cuda_graph:
-        return float(triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median"))
-    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-
-
-def time_all(fns: dict, cuda_graph: bool) -> tuple[dict, bool]:
-    """Time every function the same way; fall back to eager timing if graph capture fails."""
-    if cuda_graph:
-        try:
-            return {name: bench_ms(fn, True) for name, fn in fns.items()}, True
-        except Exception as exc:  # capture is fragile across versions; timing must go on
-            torch.cuda.synchronize()
-            print(f"  CUDA-graph capture failed ({type(exc).__name__}: {exc}); timing eagerly", flush=True)
-    return {name: bench_ms(fn, False) for name, fn in fns.items()}, False
-
-
 def matmul_ceiling_tflops(cuda_graph: bool) -> float:
     n = 8192 if DEVICE == "cuda" else 256
     a = torch.randn(n, n, device=DEVICE, dtype=DTYPE)
     b = torch.randn(n, n, device=DEVICE, dtype=DTYPE)
-    ms, _ = time_all({"matmul": lambda: a @ b}, cuda_graph)
+    ms, _ = common.time_all({"matmul": lambda: a @ b}, DEVICE, cuda_graph)
     return 2 * n**3 / (ms["matmul"] * 1e-3) / 1e12
 
 
@@ -223,7 +197,7 @@ def validate_all_configs() -> None:
     failures = []
     for kw in checks:
         if DEVICE != "cuda":  # the interpreter: the same kinds of layer, smaller
-            kw = dict(kw, batch=1, height=min(kw["height"], 9), width=min(kw["width"], 9))
+            kw = dict(kw, batch=1, height=min(kw["height"], 5), width=min(kw["width"], 5))
         for res in conv_check.validate_configs(**kw, dtype=DTYPE, device=DEVICE):
             status = "ok " if res.ok else "BAD"
             print(
@@ -297,12 +271,13 @@ def render(header: list[str], rows: list[Row], totals: dict, skipped: list[str])
     out.append("")
     out.append(
         "| net | layers | shape (C_in->C_out kxk/stride pad groups @H_in->H_out) | GFLOP "
-        "| Triton ms | Triton TFLOP/s | cuDNN ms | cuDNN TFLOP/s | compile ms | compile TFLOP/s "
-        "| cuDNN/Triton | compile/Triton | Triton tile | rel err |"
+        "| Triton ms | Triton TFLOP/s | cuDNN ms | cuDNN TFLOP/s | cuDNN conv ms | cuDNN conv TFLOP/s "
+        "| compile ms | compile TFLOP/s | cuDNN/Triton | cuDNN conv/Triton | compile/Triton | Triton tile "
+        "| rel err |"
     )
-    out.append("|" + "---|" * 14)
+    out.append("|" + "---|" * 17)
     for r in rows:
-        t, c, k = r.ms["triton"], r.ms["cudnn"], r.ms["compile"]
+        t, c, k, cc = r.ms["triton"], r.ms["cudnn"], r.ms["compile"], r.ms["cudnn conv"]
         names = r.layers[0] if len(r.layers) == 1 else f"{r.layers[0]} (+{len(r.layers) - 1})"
         if not r.same_timing:
             names += " *"
@@ -310,8 +285,9 @@ def render(header: list[str], rows: list[Row], totals: dict, skipped: list[str])
             f"| {r.net} | {names} | {r.shape} | {r.gflop:.1f} "
             f"| {fmt(t, '.3f')} | {fmt(tflops(r.gflop, t), '.0f')} "
             f"| {fmt(c, '.3f')} | {fmt(tflops(r.gflop, c), '.0f')} "
+            f"| {fmt(cc, '.3f')} | {fmt(tflops(r.gflop, cc), '.0f')} "
             f"| {fmt(k, '.3f')} | {fmt(tflops(r.gflop, k), '.0f')} "
-            f"| {fmt(c / t, '.2f')} | {fmt(k / t, '.2f')} | {r.tile} | {r.err:.1e} |"
+            f"| {fmt(c / t, '.2f')} | {fmt(cc / t, '.2f')} | {fmt(k / t, '.2f')} | {r.tile} | {r.err:.1e} |"
         )
     if totals:
         out.append("")
@@ -328,7 +304,7 @@ def render(header: list[str], rows: list[Row], totals: dict, skipped: list[str])
     out.append("")
     out.append("Ratios are speed-ups of the Triton kernel (> 1: Triton faster). Times are medians.")
     if not all(r.same_timing for r in rows):
-        out.append("*: CUDA-graph capture failed for this shape; all three timed with plain calls.")
+        out.append("*: CUDA-graph capture failed for this shape; all four timed with plain calls.")
     if skipped:
         out.append(f"Not measured (time budget): {', '.join(skipped)}")
     return "\n".join(out)
@@ -356,13 +332,14 @@ def measure(conv, net: str, shape: ConvShape, names: list[str], args) -> Row:
         tile = chosen_tile(conv, shape)
         err = check_correct(y, x, w, b, shape, f"{net} {names[0]} [{shape}]")
         del y
-        fns = {"triton": functools.partial(layer, x), "cudnn": functools.partial(eager_conv_relu, *args_)}
+        fns = {"triton": functools.partial(layer, x), "cudnn": functools.partial(eager_conv_relu, *args_),
+               "cudnn conv": functools.partial(F.conv2d, x, w, None, shape.stride, shape.padding, 1, shape.groups)}
         if not args.no_compile:
             torch._dynamo.reset()
-            compiled = torch.compile(eager_conv_relu, dynamic=False)
+            compiled = common.compiled(eager_conv_relu, DEVICE, dynamic=False)
             compiled(*args_)  # compile outside the timing
             fns["compile"] = functools.partial(compiled, *args_)
-        ms, graphed = time_all(fns, not args.no_cuda_graph)
+        ms, graphed = common.time_all(fns, DEVICE, not args.no_cuda_graph)
     ms.setdefault("compile", float("nan"))
     gflop = 2 * shape.macs(args.batch) / 1e9
     return Row(net, names, shape, gflop, ms, tile, err, graphed or args.no_cuda_graph)

@@ -29,7 +29,7 @@ logits.
 The markdown report goes to ``$OUT/e2e.md`` when ``OUT`` is set (``--out`` to choose a file),
 rewritten after every measurement so a run cut short still leaves its rows, and is printed.
 Needs a CUDA device; on a machine without one it says so and exits with status 2 (``--smoke``
-runs on the CPU: a CIFAR ResNet (n=1) and a small LRN net at 32x32, fp32, no max-autotune).
+runs on the CPU: a CIFAR ResNet (n=1) and a small LRN net at 16x16, fp32, no max-autotune).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         LRN_NETS.clear()
         LRN_NETS["smoke_lrn"] = (str(smoke_spec), {})
         args.nets = args.lrn_nets = None
-        args.batch, args.size, args.no_max_autotune = 2, 32, True
+        args.batch, args.size, args.no_max_autotune = 1, 16, True
         args.warmup, args.iters, args.reps = 0, 1, 1  # common.wall_ms makes its own untimed call
 
     def choose(text, table, quick):
@@ -222,10 +222,10 @@ def build_variants(spec: str, params: dict, variants, args):
             fns[v] = prepare(tri)
         elif v == "compile":
             torch._dynamo.reset()
-            fns[v] = torch.compile(ref)
+            fns[v] = common.compiled(ref, DEVICE)
         elif v == "compile-max-autotune":
             torch._dynamo.reset()
-            fns[v] = torch.compile(ref, mode="max-autotune-no-cudagraphs")
+            fns[v] = common.compiled(ref, DEVICE, mode="max-autotune-no-cudagraphs")
         else:
             raise AssertionError(v)
     return fns

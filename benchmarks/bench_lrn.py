@@ -8,7 +8,9 @@ parameters (n=5, alpha=1e-4, beta=0.75, k=2), it times
     eager      F.local_response_norm (alpha * n, since it averages), backward via autograd
     compile    torch.compile of that same function, backward via its compiled graph
 
-with triton.testing.do_bench (median, L2 flushed before each call), and reports achieved
+as CUDA-graph replays (triton.testing.do_bench_cudagraph, median), so that the Python launch
+path (tens of microseconds, about a kernel's time here) is not timed; ``--no-cuda-graph``
+times plain calls with do_bench instead (L2 flushed before each call). It reports achieved
 bandwidth counting each tensor once (forward: read x, write y; backward: read x and dL/dy,
 write dL/dx) as a share of a plain device-to-device copy's, measured first. Before timing a
 row the Triton result is checked against a float64 reference (relative error; a mismatch
@@ -17,6 +19,9 @@ stops the run), and unless --no-validate every autotune candidate for it is run 
     python benchmarks/bench_lrn.py            # 24 rows, a few minutes on an H100
     python benchmarks/bench_lrn.py --quick    # AlexNet's first LRN shape only
     python benchmarks/bench_lrn.py --smoke    # the whole script on the CPU, tiny shape (a check)
+
+No new row is started after ``--budget-s`` seconds (default 480, so a full run fits a
+10-minute command); the rows left out are listed under the table.
 
 The markdown table goes to ``$OUT/lrn.md`` when ``OUT`` is set (rewritten after every row,
 so a run cut short still leaves its rows) and is printed last.
@@ -63,6 +68,10 @@ def parse_args(argv=None):
                        help=f"comma-separated subset of {', '.join(choices)}")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     p.add_argument("--no-validate", action="store_true", help="skip running every autotune candidate first")
+    p.add_argument("--no-cuda-graph", action="store_true",
+                   help="time plain calls (Python launch path included) instead of CUDA-graph replays")
+    p.add_argument("--budget-s", type=float, default=480.0,
+                   help="start no new row after this many seconds (the table is still written; 0: no limit)")
     common.add_smoke_flag(p)
     args = p.parse_args(argv)
     if args.smoke:
@@ -76,14 +85,6 @@ def parse_args(argv=None):
     return args
 
 
-def bench_ms(fn, device="cuda") -> float:
-    if device != "cuda":
-        return common.wall_ms(fn)
-    import triton.testing
-
-    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-
-
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     actual = actual.double()
     if not torch.isfinite(actual).all():
@@ -91,11 +92,11 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).norm() / expected.norm()).item()
 
 
-def copy_bandwidth_gbs(device="cuda") -> float:
+def copy_bandwidth_gbs(device="cuda", cuda_graph=True) -> float:
     """Device-to-device copy of 1 GiB, counting bytes read and written."""
     src = torch.empty(2**28 if device == "cuda" else 2**20, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
-    ms = bench_ms(lambda: dst.copy_(src), device)
+    ms = common.bench_ms(lambda: dst.copy_(src), device, cuda_graph)
     return 2 * src.numel() * src.element_size() / ms / 1e6
 
 
@@ -123,9 +124,11 @@ def describe(config) -> str:
     return f"{config.kwargs['BLOCK_C']}x{config.kwargs['BLOCK_P']} w{config.num_warps}"
 
 
-def render(header: list[str], rows: list[list[str]]) -> str:
+def render(header: list[str], rows: list[list[str]], skipped: list[str]) -> str:
     lines = header + ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if skipped:
+        lines += ["", f"Not measured (time budget): {', '.join(skipped)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -148,7 +151,8 @@ def main(argv=None) -> int:
     from archdsl.codegen.triton.lrn import lrn_reference
 
     shapes = SMOKE_SHAPES if args.smoke else SHAPES[:1] if args.quick else SHAPES
-    copy_gbs = copy_bandwidth_gbs(device)
+    graph = not args.no_cuda_graph
+    copy_gbs = copy_bandwidth_gbs(device, graph)
     header = [
         "# LRN (Triton) vs F.local_response_norm",
         "",
@@ -157,17 +161,20 @@ def main(argv=None) -> int:
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- LRN n={SIZE}, alpha={ALPHA} (summed window), beta={BETA}, k={K}; inputs N(0, {INPUT_SCALE}^2)",
         f"- device-to-device copy: {copy_gbs:.0f} GB/s (bytes read + written); "
-        + ("times are medians of triton.testing.do_bench with the L2 flushed" if device == "cuda"
-           else "times are wall-clock medians"),
+        + ("times are wall-clock medians" if device != "cuda"
+           else "times are medians of CUDA-graph replays (no launch path timed)" if graph
+           else "times are medians of triton.testing.do_bench with the L2 flushed (launch path included)"),
         "- GB/s counts each tensor once: forward reads x and writes y, backward reads x and dL/dy "
-        "and writes dL/dx; 'eager / Triton' and 'compile / Triton' are speed-ups (higher is better)",
+        "and writes dL/dx; 'eager / Triton' and 'compile / Triton' are speed-ups (higher is better); "
+        "a pass marked * could not be captured in a CUDA graph and was timed with plain calls",
         "",
     ]
     rows: list[list[str]] = []
+    skipped: list[str] = []
     out_dir = os.environ.get("OUT")
 
     def write_table() -> str:
-        text = render(header, rows)
+        text = render(header, rows, skipped)
         if out_dir:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             Path(out_dir, "lrn.md").write_text(text)
@@ -200,6 +207,9 @@ def main(argv=None) -> int:
                 where = f"{label} {dtype_name} {layout_name}"
 
                 for direction in ("fwd", "bwd"):
+                    if args.budget_s and time.time() - started > args.budget_s:
+                        skipped.append(f"{where} {direction}")
+                        continue
                     tuned = lrn_module._lrn_fwd_tuned if direction == "fwd" else lrn_module._lrn_bwd_tuned
                     if direction == "fwd":
                         run = lambda block=None: lrn_module._lrn_forward(x, SIZE, alpha, BETA, K, block=block)
@@ -224,32 +234,37 @@ def main(argv=None) -> int:
                     if not result.is_contiguous(memory_format=fmt):
                         return fail(f"{where} {direction}: result not in the input's memory format")
                     del result
-                    ms = bench_ms(run, device)
                     tile = describe(getattr(tuned, "best_config", None))
 
                     # Baselines. Backward: the autograd graph of one forward, replayed.
                     torch._dynamo.reset()
-                    compiled_lrn = None if args.no_compile else torch.compile(torch_lrn, dynamic=False)
+                    compiled_lrn = None if args.no_compile else common.compiled(torch_lrn, device, dynamic=False)
+                    fns = {"triton": run}
                     if direction == "fwd":
-                        eager_ms = bench_ms(lambda: torch_lrn(x), device)
-                        compile_ms = bench_ms(lambda: compiled_lrn(x), device) if compiled_lrn else None
+                        fns["eager"] = lambda: torch_lrn(x)
+                        if compiled_lrn:
+                            compiled_lrn(x)  # compile outside the timing
+                            fns["compile"] = lambda: compiled_lrn(x)
                     else:
                         xr = x.detach().requires_grad_(True)
                         y_eager = torch_lrn(xr)
-                        eager_ms = bench_ms(lambda: torch.autograd.grad(y_eager, xr, g, retain_graph=True), device)
-                        del y_eager
-                        compile_ms = None
+                        fns["eager"] = lambda: torch.autograd.grad(y_eager, xr, g, retain_graph=True)
                         if compiled_lrn:
                             y_comp = compiled_lrn(xr)
-                            compile_ms = bench_ms(
-                                lambda: torch.autograd.grad(y_comp, xr, g, retain_graph=True), device)
+                            fns["compile"] = lambda: torch.autograd.grad(y_comp, xr, g, retain_graph=True)
+                    times, graphed = common.time_all(fns, device, graph)
+                    ms, eager_ms, compile_ms = times["triton"], times["eager"], times.get("compile")
+                    del fns
+                    if direction == "bwd":
+                        del y_eager, xr
+                        if compiled_lrn:
                             del y_comp
-                        del xr
                     common.empty_cache(device)
 
                     gbs = nbytes / ms / 1e6
                     rows.append([
-                        label, dtype_name, layout_name, direction, f"{ms:.3f}", f"{gbs:.0f}",
+                        label, dtype_name, layout_name, direction + ("" if graphed or device != "cuda" else " *"),
+                        f"{ms:.3f}", f"{gbs:.0f}",
                         f"{100 * gbs / copy_gbs:.0f}%", tile, f"{eager_ms:.3f}", f"{eager_ms / ms:.2f}x",
                         "-" if compile_ms is None else f"{compile_ms:.3f}",
                         "-" if compile_ms is None else f"{compile_ms / ms:.2f}x",

@@ -63,12 +63,49 @@ def device_line(device: str) -> str:
     return f"- device: {props.name} ({props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB)"
 
 
-def wall_ms(fn, reps: int = 3) -> float:
-    """Median wall-clock time of ``fn`` in ms, after one untimed call (smoke runs only)."""
-    fn()
+def wall_ms(fn, reps: int = 1) -> float:
+    """Median wall-clock time of ``reps`` calls of ``fn`` in ms (smoke runs only: the number
+    means nothing, so one call is enough to show the path runs)."""
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def bench_ms(fn, device: str, cuda_graph: bool = True) -> float:
+    """Median time of ``fn`` in ms (a smoke run: wall clock).
+
+    With ``cuda_graph`` the calls are captured in a CUDA graph and replayed, which measures
+    GPU time alone: a kernel of a few tens of microseconds takes about as long as a
+    Python-level launch, and eager timing would compare launch paths, not kernels.
+    """
+    if device != "cuda":
+        return wall_ms(fn)
+    import triton.testing
+
+    if cuda_graph:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median"))
+    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def time_all(fns: dict, device: str, cuda_graph: bool = True) -> tuple[dict, bool]:
+    """Time every function the same way; eager timing for all if a graph capture fails.
+    Returns the times and whether they are graph replays."""
+    if cuda_graph and device == "cuda":
+        try:
+            return {name: bench_ms(fn, device, True) for name, fn in fns.items()}, True
+        except Exception as exc:  # capture is fragile across versions; timing must go on
+            torch.cuda.synchronize()
+            print(f"  CUDA-graph capture failed ({type(exc).__name__}: {exc}); timing eagerly", flush=True)
+    return {name: bench_ms(fn, device, False) for name, fn in fns.items()}, False
+
+
+def compiled(fn, device: str, **kwargs):
+    """``torch.compile(fn, **kwargs)``; in a smoke run with dynamo's eager backend: the run
+    checks that the function traces, not Inductor's CPU code generation, which is not what
+    the GPU runs and takes minutes on a busy CPU."""
+    if device != "cuda":
+        return torch.compile(fn, backend="eager", dynamic=kwargs.get("dynamic"))
+    return torch.compile(fn, **kwargs)

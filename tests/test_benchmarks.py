@@ -1,11 +1,13 @@
 """Every benchmark script runs to its table.
 
 The GPU benchmarks run on the GPU machine only when a task is lent one, so between those runs
-nothing would notice a script broken by a change to the package. Here each runs end to end
-with ``--smoke`` (the CPU, Triton's interpreter, tiny shapes; see benchmarks/common.py): the
-same correctness checks against references, the same torch.compile baselines, the same table.
-Their timings mean nothing and are not looked at; the checks inside each script are what can
-fail. bench_dense.py runs on the CPU as it is, at a reduced width.
+nothing would notice a script broken by a change to the package. Here ``gpu_check.sh --smoke``
+runs each of them end to end (the CPU, Triton's interpreter, tiny shapes; see
+benchmarks/common.py), in one process chain, as the GPU check would: the same correctness
+checks against references (every tile config validated too), the same baselines (torch.compile
+through dynamo's eager backend: Inductor's CPU code is not what the GPU runs), the same
+tables. Their timings mean nothing and are not looked at; the checks inside each script are
+what can fail. bench_dense.py runs on the CPU as it is, at a reduced width.
 """
 
 from __future__ import annotations
@@ -33,24 +35,29 @@ def _table_rows(text: str) -> list[list[str]]:
 
 
 SMOKE = [
-    # script, table file, rows (header rows included), a cell every data row must hold
-    ("bench_lrn.py", "lrn.md", 1 + 4, "fp32"),  # one shape x NCHW/NHWC x fwd/bwd
-    ("bench_conv.py", "conv.md", 1 + 4 + 2, "smoke"),  # 4 layers, then the whole-net total
-    ("bench_e2e.py", "e2e.md", 2 + 3 + 3, None),  # 3 variants of each of two nets
+    # script, gpu_check step, table file, rows (header rows included), a cell every data row holds
+    ("bench_tiles.py", "tiles", "tiles.md", 1 + 2 * (3 + 1), "smoke_"),  # 2 layers: 3 baselines, 1 tile
+    ("bench_e2e.py", "e2e", "e2e.md", 2 + 3 + 3, None),  # 3 variants of each of two nets
+    ("bench_lrn.py", "lrn", "lrn.md", 1 + 4, "fp32"),  # one shape x NCHW/NHWC x fwd/bwd
+    ("bench_conv.py", "conv", "conv.md", 1 + 4 + 2, "smoke"),  # 4 layers, then the whole-net total
 ]
 
 
-@pytest.mark.parametrize("script, table, n_rows, cell", SMOKE, ids=[s for s, *_ in SMOKE])
-def test_gpu_benchmark_runs_end_to_end_in_smoke_mode(tmp_path, script, table, n_rows, cell):
-    proc = _run(script, "--smoke", out=tmp_path)
+def test_gpu_check_runs_every_benchmark_end_to_end_in_smoke_mode(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["OUT"] = str(tmp_path)
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke"], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    text = (tmp_path / table).read_text()
-    assert "SMOKE RUN" in text  # never mistaken for a measurement
-    rows = _table_rows(text)
-    assert len(rows) == n_rows, text
-    if cell is not None:
-        assert all(cell in row for row in rows[1:] if row[0] not in ("net", "shape")), text
-    assert text.strip() in proc.stdout  # the table is printed last
+    for script, step, table, n_rows, cell in SMOKE:
+        assert f"== {step}: exit 0" in proc.stdout, (script, proc.stdout)
+        text = (tmp_path / table).read_text()
+        assert "SMOKE RUN" in text  # never mistaken for a measurement
+        rows = _table_rows(text)
+        assert len(rows) == n_rows, text
+        if cell is not None:
+            assert all(cell in row[0] or cell in row for row in rows[1:] if row[0] not in ("net", "shape")), text
+        assert text.strip() in (tmp_path / f"{step}.log").read_text()  # the table is printed last
 
 
 def test_gpu_benchmarks_refuse_to_time_without_a_gpu(tmp_path):

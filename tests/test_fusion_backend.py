@@ -23,7 +23,7 @@ import archdsl
 import archdsl.testing as at
 from archdsl.codegen.fold import fold_bn
 from archdsl.codegen.torch_source import emit_source
-from archdsl.codegen.triton import support
+from archdsl.codegen.triton import runtime, support
 from archdsl.ir import Op
 from archdsl.ops import describe
 
@@ -54,7 +54,7 @@ def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def no_kernel(monkeypatch):
     """The triton backend's PyTorch fallback (F.conv2d on folded weights), without the notice
     leaking between tests."""
-    monkeypatch.setattr(support, "kernel_can_run", lambda x, w=None: False)
+    monkeypatch.setattr(runtime, "kernel_can_run", lambda x, w: False)
     monkeypatch.setattr(support, "_noticed", True)
 
 

@@ -508,8 +508,8 @@ def _tiles(configs):
             for c in configs}
 
 
-BIG = [conv_tuning._config(128, 256, 64, 8, 3), conv_tuning._config(128, 128, 32, 4, 4), conv_tuning._config(128, 128, 64, 8, 4),
-       conv_tuning._config(64, 64, 32, 4, 5)]
+_config = conv_tuning._config
+BIG = [_config(128, 256, 64, 8, 3), _config(128, 128, 32, 4, 4), _config(128, 128, 64, 8, 4), _config(64, 64, 32, 4, 5)]
 
 
 def test_prune_drops_what_overflows_shared_memory_or_spills():
@@ -553,11 +553,45 @@ def test_prune_never_leaves_nothing():
 
 
 def test_small_c_prune_keeps_the_gathers_in_registers():
-    configs = [conv_tuning._config(128, 64, 64, 4, 3), conv_tuning._config(128, 32, 32, 4, 3), conv_tuning._config(64, 128, 32, 4, 3)]
+    configs = [_config(128, 64, 64, 4, 3), _config(128, 32, 32, 4, 3), _config(64, 128, 32, 4, 3)]
+    kept = {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
     named = _named(torch.float32, c_in=3, c_out=128)
-    assert _tiles(conv_tuning.prune_small_c(configs, named, KH=7, KW=7)) == {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
+    assert _tiles(conv_tuning.prune_small_c(configs, named, KH=7, KW=7)) == kept
     # 2-byte operands: 64 accumulators and 64 gathered values per thread spill with Triton 3.6.
     named = _named(torch.bfloat16, c_in=3, c_out=128)
-    assert _tiles(conv_tuning.prune_small_c(configs, named, KH=7, KW=7)) == {(128, 32, 32, 4, 3), (64, 128, 32, 4, 3)}
+    assert _tiles(conv_tuning.prune_small_c(configs, named, KH=7, KW=7)) == kept
     configs.append(conv_tuning._config(128, 64, 32, 4, 3))  # 64 + 32 per thread: fits both
     assert (128, 64, 32, 4, 3) in _tiles(conv_tuning.prune_small_c(configs, named, KH=7, KW=7))
+
+
+# --------------------------------------------------------------------------------------------
+# The module's launch cache
+# --------------------------------------------------------------------------------------------
+
+
+def test_module_checks_a_layout_once_then_launches_from_its_cache(monkeypatch):
+    gen = torch.Generator().manual_seed(5)
+    fused = conv.FusedConv2d(16, 16, 3, padding=1, relu=True).to(DEVICE)
+    x = _rand(gen, 2, 16, 5, 6, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+    r = _rand(gen, 2, 16, 5, 6, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+    ref = lambda: _reference(x, fused.weight, fused.bias, 1, 1, 1, True, r)  # noqa: E731
+    with torch.no_grad():
+        _assert_close(fused(x, r), ref(), torch.float32)
+        checks = []
+        real = conv._check_inputs
+        monkeypatch.setattr(conv, "_check_inputs", lambda *a: checks.append(a) or real(*a))
+        _assert_close(fused(x, r), ref(), torch.float32)
+        assert checks == []  # the second call of the layout is not checked again
+        fused.weight.mul_(-1.0)  # an in-place update: repacked, the cached launch still serves
+        _assert_close(fused(x, r), ref(), torch.float32)
+        assert checks == []
+        x2 = _rand(gen, 1, 16, 4, 4, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+        _assert_close(fused(x2), _reference(x2, fused.weight, fused.bias, 1, 1, 1, True, None), torch.float32)
+        assert len(checks) == 1  # a new layout is checked once
+        nchw = x.contiguous()  # not channels_last: the checked path, which converts it
+        _assert_close(fused(nchw, r), ref(), torch.float32)
+        assert len(checks) == 2
+    # With autograd the checked path runs, and gradients flow.
+    xg = x.clone().requires_grad_(True)
+    fused(xg, r).sum().backward()
+    assert xg.grad is not None and len(checks) == 3

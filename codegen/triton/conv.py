@@ -45,6 +45,7 @@ gradients (``torch.nn.grad``), with the ReLU mask taken from the saved output.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -54,6 +55,7 @@ import triton
 from archdsl.codegen.triton import support
 from archdsl.codegen.triton.conv_kernels import conv2d_fwd_kernel, conv2d_fwd_small_c_kernel
 from archdsl.codegen.triton.conv_tuning import uses_small_c_kernel
+from archdsl.codegen.triton.pool import max_pool2d
 
 __all__ = [
     "FusedConv2d",
@@ -108,8 +110,9 @@ def _check_device(t: torch.Tensor, what: str) -> None:
         )
 
 
-def _check_inputs(x, weight, bias, residual, stride, padding, groups):
-    """Validate the arguments; return (stride, padding, output shape)."""
+def _check_inputs(x, weight, bias, residual, stride, padding, groups, pool=False):
+    """Validate the arguments; return (stride, padding, output shape) -- the pooled shape with
+    ``pool``."""
     if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
         raise TypeError("conv2d: x and weight must be tensors")
     if x.dim() != 4:
@@ -156,6 +159,12 @@ def _check_inputs(x, weight, bias, residual, stride, padding, groups):
             f"({h + 2 * padding[0]}x{w + 2 * padding[1]}); the output would be empty"
         )
     out_shape = (n, c_out, h_out, w_out)
+    if pool:
+        if residual is not None:
+            raise ValueError("conv2d: pool=True takes no residual (a residual joins before the pool)")
+        if h_out < 2 or w_out < 2:
+            raise ValueError(f"conv2d: a 2x2 pool does not fit the {h_out}x{w_out} conv output")
+        out_shape = (n, c_out, h_out // 2, w_out // 2)
 
     _check_device(x, "x")
     for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
@@ -188,7 +197,7 @@ def _offset_extent(t: torch.Tensor) -> int:
 
 def launch_args(
     x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu, *, small_c=None,
-    index_64=None,
+    index_64=None, pool=False,
 ):  # fmt: skip
     """The kernel, grid, positional arguments and flags of one conv launch.
 
@@ -199,12 +208,16 @@ def launch_args(
     """
     kh, kw = kernel_size
     n, c_in, h, w = x.shape
-    c_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
+    c_out = out.shape[1]
+    h_out = (h + 2 * padding[0] - kh) // stride[0] + 1  # the conv's; ``out`` is pooled with ``pool``
+    w_out = (w + 2 * padding[1] - kw) // stride[1] + 1
     c_in_g, c_out_g = c_in // groups, c_out // groups
     if small_c is None:
         small_c = uses_small_c_kernel(c_in_g)
+    if pool and small_c:
+        raise ValueError("conv2d: the small-C kernel has no pooled epilogue")
     kernel = conv2d_fwd_small_c_kernel if small_c else conv2d_fwd_kernel
-    m = n * h_out * w_out
+    m = n * (h_out // 2) * (w_out // 2) * 4 if pool else n * h_out * w_out
 
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(c_out_g, meta["BLOCK_N"]), groups)
@@ -234,12 +247,14 @@ def launch_args(
     )
     if small_c:
         flags["C_IN"] = c_in_g
+    else:
+        flags["POOL"] = bool(pool)
     return kernel, grid, args, flags
 
 
 def _launch(
     x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu,
-    *, small_c=None, config=None, index_64=None,
+    *, small_c=None, config=None, index_64=None, pool=False,
 ):  # fmt: skip
     """Run a kernel on checked arguments; returns ``out`` (channels_last [N, C_out, H_out, W_out]).
 
@@ -250,7 +265,7 @@ def _launch(
         return out
     kernel, grid, args, flags = launch_args(
         x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu, small_c=small_c,
-        index_64=index_64,
+        index_64=index_64, pool=pool,
     )
     if x.is_cuda and x.device.index != torch.cuda.current_device():
         with torch.cuda.device(x.device):  # Triton launches on the current device
@@ -271,7 +286,7 @@ def _launch_kernel(kernel, grid, args, flags, config):
 
 def _run(
     x, weight, bias, residual, w_packed, stride, padding, groups, relu, out_shape,
-    *, out=None, small_c=None, config=None, index_64=None,
+    *, out=None, small_c=None, config=None, index_64=None, pool=False,
 ):  # fmt: skip
     """Forward on arguments already checked by ``_check_inputs`` (no autograd)."""
     x = x.contiguous(memory_format=torch.channels_last)
@@ -282,15 +297,24 @@ def _run(
     if out is None:
         out = torch.empty(out_shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
     kernel_size = (weight.shape[2], weight.shape[3])
+    if small_c is None:
+        small_c = uses_small_c_kernel(weight.shape[1])
+    if pool and small_c:  # no pooled epilogue there: the conv, then the pool kernel
+        y = _launch(x, w_packed, bias, None, torch.empty(
+            (out_shape[0], out_shape[1], (x.shape[2] + 2 * padding[0] - kernel_size[0]) // stride[0] + 1,
+             (x.shape[3] + 2 * padding[1] - kernel_size[1]) // stride[1] + 1),
+            device=x.device, dtype=x.dtype, memory_format=torch.channels_last),
+            kernel_size, stride, padding, groups, relu, small_c=True, config=config, index_64=index_64)
+        return out.copy_(max_pool2d(y, 2))
     return _launch(
         x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu,
-        small_c=small_c, config=config, index_64=index_64,
+        small_c=small_c, config=config, index_64=index_64, pool=pool,
     )  # fmt: skip
 
 
 def _forward(
     x, weight, bias=None, stride=1, padding=0, groups=1, relu=False, residual=None,
-    *, w_packed=None, out=None, small_c=None, config=None, index_64=None,
+    *, w_packed=None, out=None, small_c=None, config=None, index_64=None, pool=False,
 ):  # fmt: skip
     """Checked forward without autograd.
 
@@ -298,12 +322,12 @@ def _forward(
     output buffer to write into, a forced kernel choice, a fixed tile config and a forced
     offset width.
     """
-    stride, padding, out_shape = _check_inputs(x, weight, bias, residual, stride, padding, groups)
+    stride, padding, out_shape = _check_inputs(x, weight, bias, residual, stride, padding, groups, pool)
     if w_packed is None:
         w_packed = pack_weight(weight, groups)
     return _run(
         x, weight, bias, residual, w_packed, stride, padding, groups, relu, out_shape,
-        out=out, small_c=small_c, config=config, index_64=index_64,
+        out=out, small_c=small_c, config=config, index_64=index_64, pool=pool,
     )  # fmt: skip
 
 
@@ -349,6 +373,7 @@ def conv2d(
     groups: int = 1,
     relu: bool = False,
     residual: torch.Tensor | None = None,
+    pool: bool = False,
 ) -> torch.Tensor:
     """``act(F.conv2d(x, weight, bias, stride, padding, groups=groups) + residual)`` in one kernel.
 
@@ -361,12 +386,19 @@ def conv2d(
         groups: number of channel groups.
         relu: apply ReLU after the bias and residual.
         residual: optional tensor of the output's shape, added before the activation.
+        pool: follow with ``F.max_pool2d(·, 2)`` in the same kernel, which stores only the
+            pooled map (its GEMM rows are ordered as 2x2 quads; an odd last row or column
+            is dropped, as in floor mode). Inference only: no residual, no gradient.
 
     Returns:
         [N, C_out, H_out, W_out] in ``x``'s dtype, channels_last. Differentiable in ``x``,
         ``weight``, ``bias`` and ``residual``. fp32 inputs use TF32 when
         ``torch.backends.cudnn.allow_tf32`` is set (see the module docstring).
     """
+    if pool:
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+            raise ValueError("conv2d: pool=True is inference only (run under torch.no_grad, or pool separately)")
+        return _forward(x, weight, bias, stride, padding, groups, relu, residual, pool=True)
     stride, padding, out_shape = _check_inputs(x, weight, bias, residual, stride, padding, groups)
     w_packed = pack_weight(weight, groups)
     return _FusedConv2dFn.apply(
@@ -389,6 +421,12 @@ def conv2d_relu(
 # --------------------------------------------------------------------------------------------
 # Module
 # --------------------------------------------------------------------------------------------
+
+
+# FusedConv2d -> {input layout: (out_shape, kernel, grid, flags, the launch's int arguments)}:
+# launches checked once per layout. Outside the module, so that copying or pickling a module
+# never copies kernel objects.
+_LAUNCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class FusedConv2d(torch.nn.Conv2d):
@@ -455,8 +493,54 @@ class FusedConv2d(torch.nn.Conv2d):
             self._packed_key = key
         return self._packed
 
+    def _launch_key(self, x, residual) -> tuple:
+        res = None if residual is None else (residual.shape, residual.stride(), residual.dtype, residual.device)
+        return (x.shape, x.stride(), x.dtype, x.device, res, self.bias is None,
+                torch.backends.cudnn.allow_tf32)
+
+    def _fast_forward(self, x, residual):
+        """Inference forward through a launch checked once per input layout: the Python cost
+        per call is a dict lookup, the output's allocation and the launch itself. None where
+        the input is not one the cache takes (not channels_last; then the checked path runs)."""
+        key = self._launch_key(x, residual)
+        launches = _LAUNCHES.setdefault(self, {})
+        hit = launches.get(key)
+        w_packed = self._packed_weight()
+        if hit is None:
+            cl = torch.channels_last
+            if not x.is_contiguous(memory_format=cl) or (residual is not None
+                                                         and not residual.is_contiguous(memory_format=cl)):
+                return None
+            stride, padding, out_shape = _check_inputs(
+                x, self.weight, self.bias, residual, self.stride, self.padding, self.groups)
+            if self.bias is not None and not self.bias.is_contiguous():
+                return None
+            out = torch.empty(out_shape, device=x.device, dtype=x.dtype, memory_format=cl)
+            kernel, grid, args, flags = launch_args(
+                x, w_packed, self.bias, residual, out, tuple(self.weight.shape[2:]), stride, padding,
+                self.groups, self.relu)
+            hit = launches[key] = (out_shape, kernel, grid, flags, args[5:])
+        out_shape, kernel, grid, flags, tail = hit
+        out = torch.empty(out_shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+        if out.numel() == 0:
+            return out
+        bias = self.bias if self.bias is not None else out
+        args = (x, w_packed, bias, out if residual is None else residual, out, *tail)
+        if x.is_cuda and x.device.index != torch.cuda.current_device():
+            with torch.cuda.device(x.device):
+                _launch_kernel(kernel, grid, args, flags, None)
+        else:
+            _launch_kernel(kernel, grid, args, flags, None)
+        return out
+
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if support.kernel_can_run(x, self.weight):
+            if not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
+                                                 or (self.bias is not None and self.bias.requires_grad)
+                                                 or (residual is not None and residual.requires_grad))):
+                y = self._fast_forward(x, residual)
+                if y is not None:
+                    return y
             stride, padding, out_shape = _check_inputs(
                 x, self.weight, self.bias, residual, self.stride, self.padding, self.groups
             )

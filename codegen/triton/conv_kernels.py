@@ -55,6 +55,23 @@ def _output_pixels(pid_m, M, OUT_H, OUT_W, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def _pool_quad_pixels(pid_m, M, OUT_H, OUT_W, BLOCK_M: tl.constexpr):
+    """The BLOCK_M output pixels of this tile with the GEMM rows ordered as 2x2 pool quads:
+    row 4 * p + q is pixel (2 * ph + q // 2, 2 * pw + q % 2) of pooled pixel p = (n, ph, pw),
+    so that a quad's four rows sit together in the accumulator for the epilogue's max. Only
+    whole quads are rows (max_pool2d's floor mode drops an odd last row or column)."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    p = offs_m // 4
+    q = offs_m % 4
+    pw = p % (OUT_W // 2)
+    t = p // (OUT_W // 2)
+    ph = t % (OUT_H // 2)
+    n = t // (OUT_H // 2)
+    return n, 2 * ph + q // 2, 2 * pw + q % 2, mask_m
+
+
+@triton.jit
 def _row_offsets(n, h, w, stride_n, stride_h, stride_w, INDEX_64: tl.constexpr):
     """Offsets of the pixels (n, h, w) of an activation: int64 where some offset of the
     tensor passes 2**31 (``INDEX_64``, decided at launch), else int32, half the work."""
@@ -101,6 +118,33 @@ def _epilogue(
 
 
 @triton.jit
+def _pool_epilogue(
+    acc, bias_ptr, y_ptr, pid_m, M, OUT_H, OUT_W, offs_n, mask_n, g, C_OUT_G,
+    stride_yn, stride_yh, stride_yw, stride_yc,
+    HAS_BIAS: tl.constexpr, APPLY_RELU: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """acc (fp32, rows in pool quads) + bias -> ReLU -> max over each quad -> cast -> store of
+    the pooled map only. Bias and ReLU commute with the max, but applying them first keeps
+    the order of the unfused layers."""
+    co = g * C_OUT_G + offs_n
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + co, mask=mask_n, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
+    if APPLY_RELU:
+        acc = tl.maximum(acc, 0.0)
+    BLOCK_P: tl.constexpr = BLOCK_M // 4
+    pooled = tl.max(tl.reshape(acc, (BLOCK_P, 4, acc.shape[1])), axis=1)
+    offs_p = pid_m * BLOCK_P + tl.arange(0, BLOCK_P)
+    pw = offs_p % (OUT_W // 2)
+    t = offs_p // (OUT_W // 2)
+    ph = t % (OUT_H // 2)
+    n = t // (OUT_H // 2)
+    y_rows = _row_offsets(n, ph, pw, stride_yn, stride_yh, stride_yw, INDEX_64)
+    mask = (offs_p < M // 4)[:, None] & mask_n[None, :]
+    tl.store(y_ptr + y_rows[:, None] + (co * stride_yc)[None, :], pooled.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _tap_mask_bits(ih0, iw0, mask_m, IN_H, IN_W, KH: tl.constexpr, KW: tl.constexpr):
     """For each row, bit ``r * KW + s`` set where tap (r, s) of its window lies inside the
     image (and the row inside the GEMM): the padding test, done once per tile so that the K
@@ -144,6 +188,7 @@ def conv2d_fwd_kernel(
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, APPLY_RELU: tl.constexpr,
     ALLOW_TF32: tl.constexpr,
     INDEX_64: tl.constexpr,  # some activation offset passes 2**31: int64 row offsets
+    POOL: tl.constexpr,  # 2x2/2 max-pool in the epilogue: y is the pooled map (no residual)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr,  # tile swizzle, unrelated to conv groups
     EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,  # set by the heuristics above
@@ -155,9 +200,15 @@ def conv2d_fwd_kernel(
     iteration is two pointer additions, the padding bit and the loads: no division, no
     per-element index arithmetic.
     """
-    M = BATCH * OUT_H * OUT_W
+    if POOL:
+        M = BATCH * (OUT_H // 2) * (OUT_W // 2) * 4
+    else:
+        M = BATCH * OUT_H * OUT_W
     pid_m, pid_n, g = _tile_ids(M, C_OUT_G, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
-    n, oh, ow, mask_m = _output_pixels(pid_m, M, OUT_H, OUT_W, BLOCK_M)
+    if POOL:
+        n, oh, ow, mask_m = _pool_quad_pixels(pid_m, M, OUT_H, OUT_W, BLOCK_M)
+    else:
+        n, oh, ow, mask_m = _output_pixels(pid_m, M, OUT_H, OUT_W, BLOCK_M)
     ih0 = oh * STRIDE_H - PAD_H
     iw0 = ow * STRIDE_W - PAD_W
     # The group's first channel: a scalar below C_in * stride_xc, which int32 holds.
@@ -220,11 +271,17 @@ def conv2d_fwd_kernel(
         s = tl.where(new_tap, tl.where(new_row, 0, s + 1), s)
         r += new_row.to(tl.int32)
 
-    _epilogue(
-        acc, bias_ptr, res_ptr, y_ptr, n, oh, ow, mask_m, offs_n, mask_n, g, C_OUT_G,
-        stride_rn, stride_rh, stride_rw, stride_rc, stride_yn, stride_yh, stride_yw, stride_yc,
-        HAS_BIAS, HAS_RESIDUAL, APPLY_RELU, INDEX_64,
-    )  # fmt: skip
+    if POOL:
+        _pool_epilogue(
+            acc, bias_ptr, y_ptr, pid_m, M, OUT_H, OUT_W, offs_n, mask_n, g, C_OUT_G,
+            stride_yn, stride_yh, stride_yw, stride_yc, HAS_BIAS, APPLY_RELU, INDEX_64, BLOCK_M,
+        )  # fmt: skip
+    else:
+        _epilogue(
+            acc, bias_ptr, res_ptr, y_ptr, n, oh, ow, mask_m, offs_n, mask_n, g, C_OUT_G,
+            stride_rn, stride_rh, stride_rw, stride_rc, stride_yn, stride_yh, stride_yw, stride_yc,
+            HAS_BIAS, HAS_RESIDUAL, APPLY_RELU, INDEX_64,
+        )  # fmt: skip
 
 
 @triton.autotune(

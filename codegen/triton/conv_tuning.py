@@ -201,7 +201,7 @@ def prune_small_c(configs, named_args, **kwargs):
 # Every shape argument the best tile depends on; tensor dtypes are added by the autotuner.
 AUTOTUNE_KEY = [
     "BATCH", "IN_H", "IN_W", "OUT_H", "OUT_W", "C_IN_G", "C_OUT_G", "GROUPS",
-    "KH", "KW", "STRIDE_H", "STRIDE_W", "PAD_H", "PAD_W", "HAS_RESIDUAL", "ALLOW_TF32",
+    "KH", "KW", "STRIDE_H", "STRIDE_W", "PAD_H", "PAD_W", "HAS_RESIDUAL", "ALLOW_TF32", "POOL",
 ]  # fmt: skip
 
 # Sizes that only enter index arithmetic are not specialised on (divisibility by 16, == 1):

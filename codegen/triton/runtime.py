@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from archdsl.codegen.fold import fold_bn
-from archdsl.codegen.triton import support
+from archdsl.codegen.triton.support import kernel_can_run, notice, why_not
 
 __all__ = ["fused_conv"]
 
@@ -62,12 +62,12 @@ __all__ = ["fused_conv"]
 def _conv(x: torch.Tensor, conv, weight, bias, relu: bool, residual=None) -> torch.Tensor:
     """``relu?(conv2d(x, weight, bias) + residual?)`` with ``conv``'s stride, padding and
     groups: the Triton kernel where it runs, else F.conv2d (with the notice)."""
-    if support.kernel_can_run(x, weight):
+    if kernel_can_run(x, weight):
         from archdsl.codegen.triton.conv import conv2d  # imports triton: only when a kernel runs
 
         return conv2d(x, weight, bias, tuple(conv.stride), tuple(conv.padding), conv.groups, relu=relu,
                       residual=residual)
-    support.notice(support.why_not("conv", x, weight))
+    notice(why_not("conv", x, weight))
     y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     if residual is not None:
         y = y + residual
@@ -76,7 +76,7 @@ def _conv(x: torch.Tensor, conv, weight, bias, relu: bool, residual=None) -> tor
 
 def _run(x: torch.Tensor, conv, residual=None) -> torch.Tensor:
     """A FusedConv2d's own forward (kernel, cached packed weight) where the kernel runs."""
-    if support.kernel_can_run(x, conv.weight):
+    if kernel_can_run(x, conv.weight):
         return conv(x, residual)
     return _conv(x, conv, conv.weight, conv.bias, conv.relu, residual)
 
