@@ -46,13 +46,18 @@ class Builder:
         self.counters: dict[str, int] = {}
         self.instances: dict[str, int] = {}
         self.current = ""
-        self.pending: tuple[Span, _Scope] | None = None  # an implied ReLU waiting for its place
+        self.pending: tuple[Span, _Scope, tuple] | None = None  # an implied ReLU waiting for its place
+        # The written statements being expanded, outermost first, as (kind, span, repeat index,
+        # repeat count); each node records it in meta["stmt"], so a picture can draw one box
+        # per statement (archdsl/draw.py).
+        self.stmts: tuple[tuple[str, Span, int, int], ...] = ()
         self.steps = 0  # expansion work so far (limit max_steps)
         self.depth = 0  # block calls and residual units being expanded (limit max_nesting)
         self.weights: dict[int, int] = {}  # statement or block (by id) -> its weight in steps
 
     # -- nodes -------------------------------------------------------------------------------
-    def emit(self, op: Op, attrs: dict, span: Span, scope: _Scope, args=None, base: str | None = None) -> str:
+    def emit(self, op: Op, attrs: dict, span: Span, scope: _Scope, args=None, base: str | None = None,
+             stmts: tuple | None = None) -> str:
         if len(self.graph) >= self.limits.max_nodes:
             raise SpecError(f"the expanded net has more than {self.limits.max_nodes} ops (limit max_nodes)", span)
         stem = scope.prefix + (base or _BASE_NAMES[op])
@@ -60,6 +65,7 @@ class Builder:
         name = stem if op is Op.INPUT else f"{stem}{count}"
         args = (self.current,) if args is None else args
         self.graph.add_op(name, op, args, attrs, span=span, scope=scope.path)
+        self.graph.nodes[name]["meta"]["stmt"] = self.stmts if stmts is None else stmts
         shapes.infer(self.graph, name)
         self.current = name
         return name
@@ -69,9 +75,9 @@ class Builder:
 
     def flush(self) -> None:
         if self.pending is not None:
-            span, scope = self.pending
+            span, scope, stmts = self.pending
             self.pending = None
-            self.emit(Op.RELU, {}, span, scope)
+            self.emit(Op.RELU, {}, span, scope, stmts=stmts)
 
     # -- work ------------------------------------------------------------------------------
     def charge(self, node, span: Span) -> None:
@@ -94,9 +100,12 @@ class Builder:
 
     # -- statements ------------------------------------------------------------------------
     def body(self, stmts, env: dict[str, Value], scope: _Scope) -> None:
+        outer = self.stmts
         for stmt in stmts:
             self.charge(stmt, stmt.span)
-            for _ in range(self.repeats(stmt, env)):
+            count = self.repeats(stmt, env)
+            for index in range(count):
+                self.stmts = outer + ((type(stmt).__name__.lower(), stmt.span, index, count),)
                 self.charge(stmt, stmt.span)
                 if isinstance(stmt, ast.Layer):
                     self.layer(stmt, env, scope)
@@ -104,6 +113,7 @@ class Builder:
                     self.call(stmt, env, scope)
                 else:
                     self.residual(stmt, env, scope)
+        self.stmts = outer
 
     def repeats(self, stmt, env) -> int:
         if stmt.repeat is None:
@@ -127,7 +137,7 @@ class Builder:
             self.flush()
         self.emit(op, attrs, layer.span, scope)
         if act == "relu":
-            self.pending = (layer.span, scope)
+            self.pending = (layer.span, scope, self.stmts)
 
     def call(self, call: ast.Call, env, scope: _Scope) -> None:
         block = self.program.blocks.get(call.name)
