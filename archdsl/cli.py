@@ -108,6 +108,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--check", action="store_true",
                    help="exit 1 if a config does not compile, does not fit or spills, or a launch has no config")
+
+    from archdsl import export_commands  # draw, export, convert: each sets its handler as `run`
+
+    export_commands.register(sub)
     return ap
 
 
@@ -149,8 +153,8 @@ def _load(args, dense: bool = False):
     return load(args.spec, net=args.net, input=args.input, limits=limits, params=params)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write ``text`` (or bytes) to ``path`` so that readers see the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:  # keep an existing file's permissions; a new one gets the usual (mkstemp's are 0600)
         mode = path.stat().st_mode & 0o777
@@ -160,7 +164,7 @@ def write_atomic(path: Path, text: str) -> None:
         mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with (os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8")) as f:
             f.write(text)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
@@ -288,7 +292,7 @@ COMMANDS = {"build": _build, "check": _check, "summary": _summary, "list": _list
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return (COMMANDS.get(args.command) or args.run)(args)
     except SpecError as err:
         print(err, file=sys.stderr)
         return 2
