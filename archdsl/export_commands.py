@@ -32,6 +32,35 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "resolution (matplotlib)")
     p.set_defaults(run=_draw)
 
+    p = sub.add_parser("export", help="the compiled module as ONNX (--onnx) and/or a torch.export program "
+                                      "(--pt2), the spec's layer names kept")
+    _spec_args(p)
+    p.add_argument("--onnx", metavar="FILE", help="write an ONNX model (input 'input', output 'output')")
+    p.add_argument("--pt2", metavar="FILE", help="write a torch.export program (torch.export.load reads it)")
+    p.add_argument("--weights", metavar="FILE",
+                   help="trained weights: the ordinary module's state dict, torch.save file or .safetensors")
+    p.add_argument("--dense", action="store_true",
+                   help="the fully-convolutional form, its height and width dynamic (from one step of "
+                        "the feature grid past the spec's input size up)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--check", action="store_true",
+                   help="run the ONNX model in onnxruntime and compare it with the PyTorch module")
+    p.set_defaults(run=_export)
+
+    p = sub.add_parser("convert", help="map foreign weights (torchvision, timm, ...) onto the spec by structure "
+                                       "and save them under the spec's names, with a per-tensor report")
+    _spec_args(p)
+    p.add_argument("--from", dest="source_file", required=True, metavar="FILE",
+                   help="the foreign state dict: torch.save file (read with weights_only) or .safetensors")
+    p.add_argument("--to", dest="target_file", required=True, metavar="FILE",
+                   help="where to write the spec's state dict (.safetensors by suffix, else torch.save)")
+    p.add_argument("--source", choices=("auto", "torchvision", "timm"), default="auto",
+                   help="where the weights come from: torchvision and timm ResNets stride the 3x3 (v1.5), "
+                        "which a state dict cannot show (default auto: not checked)")
+    p.add_argument("--partial", action="store_true",
+                   help="write what fits even when the mapping is partial or ambiguous")
+    p.set_defaults(run=_convert)
+
 
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
@@ -66,6 +95,62 @@ def _draw(args) -> int:
             data = render(graph, format=fmt, expand=args.expand)
     except DrawError as err:
         return _fail(str(err))
+    write_atomic(out, data)
+    print(f"wrote {out}")
+    return 0
+
+
+def _export(args) -> int:
+    from archdsl.cli import _load, write_atomic
+    from archdsl.export import ExportError, check_onnx, prepare, to_onnx, to_pt2, trace
+
+    if not (args.onnx or args.pt2):
+        return _fail("nothing to write: give --onnx FILE and/or --pt2 FILE")
+    graph, dense_input = _load(args, dense=True) if args.dense else (_load(args), None)
+    try:
+        module, example, dynamic = prepare(graph, weights=args.weights, dense=args.dense, input=dense_input)
+        program = trace(module, example, dynamic)
+        if args.pt2:
+            write_atomic(Path(args.pt2), to_pt2(program))
+            print(f"wrote {args.pt2}")
+        if args.onnx:
+            data = to_onnx(program, opset=args.opset)
+            write_atomic(Path(args.onnx), data)
+            print(f"wrote {args.onnx}")
+            if args.check:
+                diff = check_onnx(data, module, example)
+                print(f"onnxruntime vs PyTorch on a random {'x'.join(map(str, example.shape))} input: "
+                      f"largest difference {diff:.3g}")
+    except ExportError as err:
+        return _fail(str(err))
+    return 0
+
+
+def _convert(args) -> int:
+    import io
+
+    import torch
+
+    from archdsl.cli import _load, write_atomic
+    from archdsl.pretrained import WeightMismatch, convert
+
+    graph = _load(args)
+    try:
+        state, report = convert(graph, args.source_file, args.source, strict=not args.partial)
+    except WeightMismatch as err:
+        if err.report.rows:
+            print(err.report.table())
+        return _fail(str(err))
+    print(report.table())
+    out = Path(args.target_file)
+    if out.suffix == ".safetensors":
+        from safetensors.torch import save
+
+        data = save({k: v.contiguous() for k, v in state.items()})
+    else:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
     write_atomic(out, data)
     print(f"wrote {out}")
     return 0
