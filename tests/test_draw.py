@@ -133,3 +133,20 @@ def test_import_archdsl_loads_no_heavy_library():
             "print(sorted(m for m in ('torch', 'matplotlib', 'onnx', 'pygraphviz') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_figure_style_is_one_box_per_stage(tmp_path):
+    pytest.importorskip("matplotlib", reason="--style figure needs matplotlib (pip install 'archdsl[draw]')")
+    from archdsl.draw_figure import stages
+
+    names = [s.title for s in stages(archdsl.load("resnet50"))]
+    assert names == ["imagenet_stem", "bottleneck_stage(64, 3)", "bottleneck_stage(128, 4)",
+                     "bottleneck_stage(256, 6)", "bottleneck_stage(512, 3)", "gap", "fc-1000"]
+    vgg = [s.title for s in stages(archdsl.load("vgg_e"))]
+    assert vgg[:4] == ["conv3-64 \u00d72", "maxpool", "conv3-128 \u00d72", "maxpool"] and len(vgg) == 13
+    out = tmp_path / "fig.svg"
+    assert main(["draw", "resnet50", "--style", "figure", "-o", str(out)]) == 0
+    root = ET.parse(out).getroot()
+    texts = {"".join(t.itertext()).strip() for t in root.iter(f"{SVG}text")}
+    assert {"imagenet_stem", "64\u00d756\u00d756", "2048\u00d77\u00d77", "fc-1000"} <= texts
+    assert main(["draw", "resnet50", "--style", "figure", "-o", str(tmp_path / "fig.dot")]) == 2
