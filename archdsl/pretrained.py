@@ -333,13 +333,15 @@ def load_pretrained(module_or_spec: torch.nn.Module | str | Path | ArchGraph,
             the tensors.
     """
     if isinstance(module_or_spec, torch.nn.Module):
-        module, shape = module_or_spec, tuple(input_shape or (3, 224, 224))
+        module = twin = module_or_spec
+        shape = tuple(input_shape or (3, 224, 224))
     else:
         module, graph = _spec_module(module_or_spec, **spec_kwargs)
+        twin, _ = _spec_module(graph, device="meta")  # the same names and order, run for free
         shape = graph.input_shape.dims
     if isinstance(state_dict, (str, Path)):
         state_dict = read_weights(state_dict)
-    report = map_weights(module, state_dict, shape, source)
+    report = map_weights(twin, state_dict, shape, source)
     if not report.ok and strict:
         raise WeightMismatch(report, "the weights do not fit the spec")
     weights = state_dict.state_dict() if isinstance(state_dict, torch.nn.Module) else _strip_wrapper(state_dict)

@@ -17,17 +17,16 @@ pytest.importorskip("onnxscript", reason="torch.onnx needs onnxscript (pip insta
 ort = pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime (pip install 'archdsl[export]')")
 
 SPECS = [s.name for s in archdsl.list_specs()]
-SMALL = "3x64x64"  # nets that end in global pooling have the same weights at any input size
+SMALL = "3x64x64"
 
 
 def _graph(name):
-    """The spec at a small input where that changes no weight (cheaper to run), else its own."""
-    graph = archdsl.load(name)
+    """The spec at a small input where it takes one (its fc layers then follow the smaller map):
+    the same statements and ops, at a fraction of the time; else at its own input."""
     try:
-        small = archdsl.load(name, input=SMALL)
+        return archdsl.load(name, input=SMALL)
     except SpecError:
-        return graph
-    return small if small.params == graph.params and small.output_shape == graph.output_shape else graph
+        return archdsl.load(name)
 
 
 def _close(got, want):
