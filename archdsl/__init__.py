@@ -15,6 +15,14 @@ from archdsl.registry import list_specs
 
 __all__ = [
     "ArchGraph", "Limits", "Op", "Shape", "Span", "SpecError",
-    "compile", "list_specs", "load", "loads", "verify",
+    "compile", "list_specs", "load", "load_pretrained", "loads", "verify",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "load_pretrained":  # imports torch: loaded on first use, so `import archdsl` stays light
+        from archdsl.pretrained import load_pretrained
+
+        return load_pretrained
+    raise AttributeError(f"module 'archdsl' has no attribute {name!r}")

@@ -11,26 +11,19 @@ it and an example for its help. A new command is one more entry (:func:`register
 from __future__ import annotations
 
 import argparse
-import os
-import stat
 import sys
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-from archdsl.arguments import Command
-from archdsl.arguments import key_value as _key_value
-from archdsl.arguments import shape as _shape
+from archdsl.arguments import OUTPUT_DIR, Command, check_output, write_atomic
+from archdsl.arguments import limits_of as _limits
+from archdsl.arguments import load_spec as _load
+from archdsl.arguments import output_path as _output_path
 from archdsl.arguments import spec_args as _spec_args
 from archdsl.errors import SpecError, UsageError, printable
-from archdsl.frontend.values import parse_cli_value
-from archdsl.ir import Shape
-from archdsl.limits import DEFAULT, Limits, tally
+from archdsl.limits import DEFAULT, tally
 from archdsl.registry import list_specs
 
-#: Where ``build`` writes when no ``-o`` is given (not ``build/``, which is setuptools' own).
-OUTPUT_DIR = Path("archdsl-out")
+__all__ = ["COMMANDS", "OUTPUT_DIR", "check_output", "main", "parser", "register", "write_atomic"]
 
 
 COMMANDS: dict[str, Command] = {}
@@ -77,94 +70,6 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 # -- loading and writing ----------------------------------------------------------------------
-def _limits(args) -> Limits:
-    if not args.limits:
-        return DEFAULT
-    try:
-        return DEFAULT.updated(**{k: int(v) for k, v in args.limits})
-    except ValueError as err:
-        raise UsageError(f"--limit: {err}") from None
-
-
-def _load(args, dense: bool = False):
-    """The graph of the spec the arguments name; with ``dense``, (graph, dense input) for the
-    dense form (see :func:`archdsl.pipeline.load_for_dense`)."""
-    from archdsl.pipeline import load, load_for_dense
-
-    limits = _limits(args)
-    params = {k: parse_cli_value(v) for k, v in args.params}
-    if dense:
-        return load_for_dense(args.spec, net=args.net, input=args.input, limits=limits, params=params)
-    return load(args.spec, net=args.net, input=args.input, limits=limits, params=params)
-
-
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
-
-
-def check_output(path: Path) -> None:
-    """Refuse an output path that exists and is not a regular file: writing there would replace
-    a device, a FIFO or a link with a file (``-o /dev/null`` run as root), or fail on a directory.
-
-    Raises:
-        UsageError: naming what the path is.
-    """
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    except OSError as err:
-        raise UsageError(f"cannot write {printable(str(path))}: {err.strerror or err}") from None
-    if not stat.S_ISREG(mode):
-        kind = next((what for test, what in _KINDS if test(mode)), "not a regular file")
-        hint = f" (it points to {printable(os.readlink(path))}: give that path)" if stat.S_ISLNK(mode) else ""
-        raise UsageError(f"refusing to write {printable(str(path))}: it is {kind}, and an output only ever "
-                         f"replaces a regular file{hint}")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half.
-
-    Only a regular file is replaced (see :func:`check_output`).
-    """
-    check_output(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # keep an existing file's permissions; a new one gets the usual (mkstemp's are 0600)
-        mode = path.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        check_output(path)  # nothing but a regular file appeared there meanwhile
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _output_path(output: str | None, default_name: str) -> Path:
-    """``-o``: a file, or a folder (an existing one, or one written with a trailing slash) to
-    write ``default_name`` into; no ``-o``: ``archdsl-out/<default_name>``."""
-    if output is None:
-        out = OUTPUT_DIR / default_name
-    elif output.endswith(("/", os.sep)) or (os.path.isdir(output) and not os.path.islink(output)):
-        out = Path(output) / default_name
-    else:
-        out = Path(output)
-    check_output(out)
-    for parent in out.parents:  # a folder to be made must not be in the way of a file
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"cannot write {printable(str(out))}: {printable(str(parent))} is not a directory")
-            break
-    return out
-
-
 # -- the commands -------------------------------------------------------------------------------
 def _build_args(p: argparse.ArgumentParser) -> None:
     from archdsl.backends import BACKENDS
@@ -423,7 +328,9 @@ for _command in (
 
 from archdsl.workflow.commands import COMMANDS as _ABLATION_COMMANDS  # noqa: E402  sweep, train, report
 
-for _command in _ABLATION_COMMANDS:
+from archdsl.export_commands import COMMANDS as _EXPORT_COMMANDS  # noqa: E402  draw, export, convert
+
+for _command in (*_ABLATION_COMMANDS, *_EXPORT_COMMANDS):
     register(_command)
 
 

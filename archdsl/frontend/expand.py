@@ -107,14 +107,19 @@ class Builder:
         self.counters: dict[str, int] = {}
         self.instances: dict[str, int] = {}
         self.current = ""
-        self.pending: tuple[Span, _Scope] | None = None  # an implied ReLU waiting for its place
+        self.pending: tuple[Span, _Scope, tuple] | None = None  # an implied ReLU waiting for its place
+        # The written statements being expanded, outermost first, as (kind, span, repeat index,
+        # repeat count); each node records it in meta["stmt"], so a picture can draw one box
+        # per statement (archdsl/draw.py).
+        self.stmts: tuple[tuple[str, Span, int, int], ...] = ()
         self.steps = 0  # expansion work so far (limit max_steps)
         self.depth = 0  # block calls and residual units being expanded (limit max_nesting)
         self.weights: dict[int, int] = {}  # statement or block (by id) -> its weight in steps
         self.reads_width: dict[int, bool] = {}  # statement (by id) -> whether it reads ``in``
 
     # -- nodes -------------------------------------------------------------------------------
-    def emit(self, op: Op, attrs: dict, span: Span, scope: _Scope, args=None, base: str | None = None) -> str:
+    def emit(self, op: Op, attrs: dict, span: Span, scope: _Scope, args=None, base: str | None = None,
+             stmts: tuple | None = None) -> str:
         if len(self.graph) >= self.limits.max_nodes:
             raise SpecError(f"the expanded net has more than {self.limits.max_nodes} ops (limit max_nodes)", span)
         stem = scope.prefix + (base or TABLE[op].node_name)
@@ -127,6 +132,7 @@ class Builder:
         self.graph.add_op(name, op, args, attrs, span=span, scope=scope.path)
         tally(nodes=1)
         node = self.graph.nodes[name]
+        node["meta"]["stmt"] = self.stmts if stmts is None else stmts
         node["meta"]["shape"] = output_shape(op, attrs, [self.shape(a) for a in args], span)
         self.current = name
         return name
@@ -136,9 +142,9 @@ class Builder:
 
     def flush(self) -> None:
         if self.pending is not None:
-            span, scope = self.pending
+            span, scope, stmts = self.pending
             self.pending = None
-            self.emit(Op.RELU, {}, span, scope)
+            self.emit(Op.RELU, {}, span, scope, stmts=stmts)
 
     # -- work ------------------------------------------------------------------------------
     def charge(self, node, span: Span) -> None:
@@ -170,12 +176,14 @@ class Builder:
 
     # -- statements ------------------------------------------------------------------------
     def body(self, stmts, env: dict[str, Value], scope: _Scope) -> None:
+        outer = self.stmts
         for stmt in stmts:
             self.charge(stmt, stmt.span)
             count = self.repeats(stmt, env)
             if stmt.index is not None:
                 self.check_name(stmt.index.name, stmt.index.span, scope, env, what="loop index")
             for copy in range(count):
+                self.stmts = outer + ((type(stmt).__name__.lower(), stmt.span, copy, count),)
                 self.charge(stmt, stmt.span)
                 local = env if stmt.index is None else {**env, stmt.index.name: copy}
                 if isinstance(stmt, ast.Layer):
@@ -192,6 +200,7 @@ class Builder:
                     self.depth -= 1
             if stmt.label is not None:
                 self.define(stmt.label, scope, env)
+        self.stmts = outer
 
     def define(self, label: ast.Label, scope: _Scope, env) -> None:
         """Bind ``label`` to the current value (after its pending activation)."""
@@ -252,7 +261,7 @@ class Builder:
             self.flush()
         self.emit(op, attrs, layer.span, scope)
         if act == "relu":
-            self.pending = (layer.span, scope)
+            self.pending = (layer.span, scope, self.stmts)
 
     def call(self, call: ast.Call, env, scope: _Scope) -> None:
         block = self.program.blocks.get(call.name)
