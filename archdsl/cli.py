@@ -138,6 +138,8 @@ def _summary_args(p: argparse.ArgumentParser) -> None:
                    help="machine-readable output: counts are param_count, mac_count, flop_count; the net's "
                         "parameter values are arguments; each layer has its file, line and column")
     p.add_argument("--brief", action="store_true", help="rows for weighted layers only")
+    p.add_argument("--format", choices=("text", "csv", "md", "json", "latex"),
+                   help="the table with per-stage and per-block subtotals, as text, csv, md, json or latex")
 
 
 def _summary(args) -> int:

@@ -69,12 +69,12 @@ def test_subtotals_add_up_to_the_totals():
     totals = counts.subtotals(g)
     stages = [r for r in totals if r["level"] == "stage"]
     assert [r["scope"] for r in stages] == ["(net)", "basic_stage1", "basic_stage2", "basic_stage3"]
-    assert sum(r["params"] for r in stages) == g.params
-    assert sum(r["macs"] for r in stages) == g.macs
+    assert sum(r["param_count"] for r in stages) == g.params
+    assert sum(r["mac_count"] for r in stages) == g.macs
     assert sum(r["layers"] for r in stages) == 20
     blocks = [r for r in totals if r["level"] == "block" and r["scope"].startswith("basic_stage2.")]
     assert len(blocks) == 3
-    assert sum(r["params"] for r in blocks) == next(r for r in stages if r["scope"] == "basic_stage2")["params"]
+    assert sum(r["param_count"] for r in blocks) == next(r for r in stages if r["scope"] == "basic_stage2")["param_count"]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -98,13 +98,14 @@ def test_every_format_renders_every_row(fmt):
 def test_summary_format_adds_subtotals(capsys):
     assert main(["summary", "cifar_resnet", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["params"] == 269_722
+    assert data["param_count"] == 269_722
     stage3 = next(r for r in data["subtotals"] if r["scope"] == "basic_stage3")
-    assert stage3["params"] == sum(r["params"] for r in data["subtotals"] if r["scope"].startswith("basic_stage3."))
+    assert stage3["param_count"] == sum(r["param_count"] for r in data["subtotals"]
+                                        if r["scope"].startswith("basic_stage3."))
     assert main(["summary", "cifar_resnet", "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert {r["level"] for r in rows} == {"layer", "stage", "block"}
-    assert sum(int(r["params"]) for r in rows if r["level"] == "layer") == 269_722
+    assert sum(int(r["param_count"]) for r in rows if r["level"] == "layer") == 269_722
     assert main(["summary", "cifar_resnet", "--format", "text"]) == 0
     assert "per stage and block" in capsys.readouterr().out
 

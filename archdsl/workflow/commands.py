@@ -21,7 +21,8 @@ from archdsl.workflow.tables import FORMATS
 _OPTION_FLAGS = (
     ("--device", "device", {"default": "auto", "help": "cpu, cuda, cuda:1 (default auto)"}),
     ("--seed", "seed", {"type": int, "default": 0, "help": "seed of weights, data order, augmentation"}),
-    ("--backend", "backend", {"choices": ("torch", "triton"), "default": "torch"}),
+    ("--backend", "backend", {"choices": ("torch", "triton"), "default": "torch",
+                              "help": "torch: PyTorch layers; triton: archdsl's fused kernels (default torch)"}),
     ("--amp", "amp", {"action": argparse.BooleanOptionalAction, "default": None,
                       "help": "bf16 autocast (default: on CUDA)"}),
     ("--channels-last", "channels_last", {"action": argparse.BooleanOptionalAction, "default": None,

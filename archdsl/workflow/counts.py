@@ -45,7 +45,8 @@ def variant_row(graph: ArchGraph) -> dict:
 
 
 def subtotals(graph: ArchGraph) -> list[dict]:
-    """Parameters, MACs and activations per stage and per block, in network order.
+    """Parameters, MACs and activations per stage and per block, in network order (keys as in
+    the summary's JSON: ``param_count``, ``mac_count``, ``activation_count``).
 
     A node's ``scope`` is the dotted path of the block calls it was expanded from
     (``basic_stage2.basic4``): its first part names the stage, the first two the block.
@@ -59,10 +60,10 @@ def subtotals(graph: ArchGraph) -> list[dict]:
             keys.append(("block", ".".join(parts[:2])))
         for level, scope in keys:
             row = groups.setdefault((level, scope), {"level": level, "scope": scope, "layers": 0,
-                                                     "params": 0, "macs": 0, "activations": 0})
+                                                     "param_count": 0, "mac_count": 0, "activation_count": 0})
             meta = data["meta"]
             row["layers"] += int(data["op"] in WEIGHTED)
-            row["params"] += meta["params"]
-            row["macs"] += meta["macs"]
-            row["activations"] += meta["activations"]
+            row["param_count"] += meta["params"]
+            row["mac_count"] += meta["macs"]
+            row["activation_count"] += meta["activations"]
     return list(groups.values())
