@@ -22,7 +22,7 @@ from test_fusion_passes import SPEC_NETS, fused, random_graphs
 import archdsl
 import archdsl.testing as at
 from archdsl.codegen.fold import fold_bn
-from archdsl.codegen.torch_source import emit_source
+from archdsl.codegen.torch_source import class_name, emit_source
 from archdsl.codegen.triton import runtime, support
 from archdsl.ir import Op
 from archdsl.ops import describe
@@ -546,3 +546,23 @@ def test_triton_backend_pools_in_the_kernel_and_agrees_with_torch(kernels_only, 
     for (k, p), q in zip(ref.named_parameters(), tri.parameters()):
         assert q.grad is not None and q.grad.abs().sum() > 0, k
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("name", [s.name for s in archdsl.list_specs()])
+def test_every_bundled_specs_triton_source_is_the_in_process_module(no_kernel, name):
+    """The emitted triton source of each bundled net (fused convs, fused pools) runs what the
+    in-process module runs, bit for bit, on the fallback path; at a small input, to stay cheap."""
+    graph = archdsl.load(name, input="3x64x64")
+    lowered = fused(graph)
+    source = emit_source(lowered, backend="triton")
+    namespace = {}
+    exec(compile(source, f"<{name}>", "exec"), namespace)
+    emitted = namespace[class_name(graph.name)]()
+    module = randomise(archdsl.compile(graph, backend="triton", softmax=True))
+    assert [(k, v.shape) for k, v in emitted.state_dict().items()] == \
+           [(k, v.shape) for k, v in module.state_dict().items()]
+    emitted.load_state_dict(module.state_dict())
+    module.eval(), emitted.eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(emitted(x), module(x))
