@@ -4,9 +4,9 @@ A :class:`Backend` is resolved once, by the pipeline (:func:`resolve`), from the
 gives (``"torch"``, ``"triton"``); everything after that asks the object, never the name.
 
 * ``torch``: the op table's PyTorch lowerings, no rewrites.
-* ``triton``: conv -> bn -> [add ->] relu [-> 2x2 max-pool] chains fused into single FUSED_CONV
-  nodes computed in the conv kernel's epilogue (the rules of :mod:`archdsl.passes.fuse`), and convolutions and
-  LRN lowered to archdsl's Triton layers. Where no kernel can run in this process
+* ``triton``: conv -> bn -> [add ->] relu [-> 2x2 max-pool] chains fused into single
+  FUSED_CONV nodes computed in the conv kernel's epilogue (the rules of
+  :mod:`archdsl.passes.fuse`), and convolutions and LRN lowered to archdsl's Triton layers. Where no kernel can run in this process
   (:mod:`archdsl.codegen.triton.support` decides), :func:`resolve` gives ``torch`` instead, with
   the one notice.
 """

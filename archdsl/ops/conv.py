@@ -33,7 +33,8 @@ FUSED_POOL = {"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0)}
 
 def conv_shape(attrs: dict, x: Shape) -> Shape:
     """The convolution's own output for input ``x``: a fused conv's before its pool."""
-    return Shape.of(attrs["out_channels"], *spatial("conv", x, attrs["kernel"], attrs["stride"], attrs["padding"]))
+    h, w = spatial("conv", x, attrs["kernel"], attrs["stride"], attrs["padding"])
+    return Shape.of(attrs["out_channels"], h, w)
 
 
 def _shape(attrs: dict, inputs: list[Shape]) -> Shape:
@@ -108,7 +109,8 @@ def _lower_fused(a: dict, x: Shape) -> Lowered:
         expr = f"torch.relu({expr})"
     if pool:
         expr = f"F.max_pool2d({expr}, 2)"
-    return Lowered(nn("Conv2d", x.c, a["out_channels"], **conv_kwargs(a)), expr, "conv_bn_relu", (relu, pool), extra)
+    conv = nn("Conv2d", x.c, a["out_channels"], **conv_kwargs(a))
+    return Lowered(conv, expr, "conv_bn_relu", (relu, pool), extra)
 
 
 def _check_fused(a: dict, args: tuple) -> str | None:

@@ -171,14 +171,16 @@ def launches(lowered: ArchGraph, *, batch: int = 64, dtype: torch.dtype = torch.
             has_bias, relu, residual = a["bias"], False, False
         else:
             has_bias = a["bias"] or bn
-        y = _meta_tensor(batch, lowered.shape(name) if pool else conv_shape(a, x_shape), dtype, channels_last=True)
+        y_shape = lowered.shape(name) if pool else conv_shape(a, x_shape)
+        y = _meta_tensor(batch, y_shape, dtype, channels_last=True)
         w = torch.empty(a["out_channels"], x_shape.c // groups, *a["kernel"], dtype=dtype, device="meta")
         bias = torch.empty(a["out_channels"], dtype=dtype, device="meta") if has_bias else None
         kernel, _, args, flags = conv_kernels.launch_args(
             x, conv_kernels.pack_weight(w, groups), bias, y if residual else None, y,
             a["kernel"], a["stride"], a["padding"], groups, relu, pool=pool)
         kh, kw = a["kernel"]
-        what = f"conv {kh}x{kw}/{a['stride'][0]}" + (f" g{groups}" if groups > 1 else "") + (" pool" if pool else "")
+        what = f"conv {kh}x{kw}/{a['stride'][0]}" + (f" g{groups}" if groups > 1 else "")
+        what += " pool" if pool else ""
         out.append(Launch(name, kernel, args, flags, what))
     return out
 
