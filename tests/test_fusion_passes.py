@@ -419,8 +419,9 @@ def check_fusion_rules(g: ArchGraph, f: ArchGraph) -> None:
             last = add if expect_residual else tail
             if expect_relu:
                 last = g.users(last)[0]
-            # a 2x2/2 max-pool (the only kind these graphs make) ends any chain without a residual
-            expect_pool = not expect_residual and sole(last, Op.MAXPOOL)
+            # a 2x2/2 max-pool without padding, in floor mode, ends any chain without a residual
+            expect_pool = not expect_residual and sole(last, Op.MAXPOOL) \
+                and g.nodes[g.users(last)[0]]["attrs"] == POOL2
             if not (expect_bn or expect_relu or expect_pool):
                 assert f.nodes[n]["op"] is Op.CONV, n  # includes every conv with several readers
                 continue
