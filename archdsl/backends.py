@@ -4,9 +4,9 @@ A :class:`Backend` is resolved once, by the pipeline (:func:`resolve`), from the
 gives (``"torch"``, ``"triton"``); everything after that asks the object, never the name.
 
 * ``torch``: the op table's PyTorch lowerings, no rewrites.
-* ``triton``: conv -> bn -> [add ->] relu chains fused into single FUSED_CONV nodes computed in
-  the conv kernel's epilogue (the rules of :mod:`archdsl.passes.fuse`), and convolutions and
-  LRN lowered to archdsl's Triton layers. Where no kernel can run in this process
+* ``triton``: conv -> bn -> [add ->] relu [-> 2x2 max-pool] chains fused into single
+  FUSED_CONV nodes computed in the conv kernel's epilogue (the rules of
+  :mod:`archdsl.passes.fuse`), and convolutions and LRN lowered to archdsl's Triton layers. Where no kernel can run in this process
   (:mod:`archdsl.codegen.triton.support` decides), :func:`resolve` gives ``torch`` instead, with
   the one notice.
 """
@@ -56,16 +56,18 @@ class Backend:
 def _triton_fused_conv(a: dict, x: Shape) -> Lowered:
     """FUSED_CONV as FusedConv2d (residual and ReLU in its epilogue when there is no BN) and
     :func:`archdsl.codegen.triton.runtime.fused_conv`, which folds the BN into the conv's
-    weight and bias in eval mode and keeps BN semantics in training mode."""
+    weight and bias in eval mode and keeps BN semantics in training mode, and runs a fused
+    pool in the kernel at inference."""
     kwargs = conv_kwargs(a)
-    bn, relu, residual = a["bn"], a["relu"], a.get("residual", False)
+    bn, relu, residual, pool = a["bn"], a["relu"], a.get("residual", False), a.get("pool", False)
     extra = (("bn", a["bn_name"], nn("BatchNorm2d", a["out_channels"], **bn_kwargs(a["eps"]))),) if bn else ()
     if relu and not bn:
         kwargs["relu"] = True  # with a BN the ReLU comes after it: runtime.fused_conv
     layer = Layer("archdsl.codegen.triton.conv", "FusedConv2d", (x.c, a["out_channels"]), kwargs)
     call = ["{0}", "{self}"] + (["{bn}"] + (["relu=True"] if relu else []) if bn else [])
     call += ["residual={1}"] if residual else []
-    return Lowered(layer, f"fused_conv({', '.join(call)})", "triton_fused_conv", (relu and bn,), extra,
+    call += ["pool=True"] if pool else []
+    return Lowered(layer, f"fused_conv({', '.join(call)})", "triton_fused_conv", (relu and bn, pool), extra,
                    ("from archdsl.codegen.triton.runtime import fused_conv",))
 
 

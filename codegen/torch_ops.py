@@ -48,17 +48,19 @@ def flatten_call_layer(layer, x):
     return layer(torch.flatten(x, 1))
 
 
-def conv_bn_relu(relu: bool, conv, x, residual=None, bn=None):
+def conv_bn_relu(relu: bool, pool: bool, conv, x, residual=None, bn=None):
     y = conv(x) if bn is None else bn(conv(x))
     if residual is not None:
         y = y + residual
-    return torch.relu(y) if relu else y
+    if relu:
+        y = torch.relu(y)
+    return F.max_pool2d(y, 2) if pool else y
 
 
-def triton_fused_conv(relu: bool, conv, x, residual=None, bn=None):
+def triton_fused_conv(relu: bool, pool: bool, conv, x, residual=None, bn=None):
     from archdsl.codegen.triton.runtime import fused_conv  # imports no triton itself
 
-    return fused_conv(x, conv, bn, relu=relu, residual=residual)
+    return fused_conv(x, conv, bn, relu=relu, residual=residual, pool=pool)
 
 
 _FORWARD = {f.__name__: f for f in (call_layer, flatten_call_layer, conv_bn_relu, triton_fused_conv)}

@@ -22,7 +22,7 @@ from test_fusion_passes import SPEC_NETS, fused, random_graphs
 import archdsl
 import archdsl.testing as at
 from archdsl.codegen.fold import fold_bn
-from archdsl.codegen.torch_source import emit_source
+from archdsl.codegen.torch_source import class_name, emit_source
 from archdsl.codegen.triton import runtime, support
 from archdsl.ir import Op
 from archdsl.ops import describe
@@ -425,3 +425,144 @@ def test_triton_backend_agrees_with_torch_on_a_tiny_net(kernels_only, monkeypatc
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=k)
     for k, v in ref.state_dict().items():
         torch.testing.assert_close(tri.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+# --------------------------------------------------------------------------------------------
+# a max-pool fused into the conv's epilogue
+# --------------------------------------------------------------------------------------------
+
+POOLED = """net pooled : 3x10x10 {
+    conv3-8; maxpool
+    conv3-8 bias=false; bn; maxpool
+    conv3-8 act=none; maxpool
+    gap; fc-5
+}"""
+
+
+def test_pooled_convs_keep_the_state_dict_and_lower_to_pool_calls():
+    f = fused(archdsl.loads(POOLED))
+    assert [describe(d["op"], d["attrs"]).split(" ")[0] for _, d in f.ops() if d["op"] is Op.FUSED_CONV] == [
+        "conv+relu+maxpool", "conv+bn+relu+maxpool", "conv+maxpool"]
+    ref, tri = pair(archdsl.loads(POOLED))
+    assert [(k, v.shape) for k, v in tri.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+    assert not hasattr(tri, "pool1") and isinstance(ref.pool1, torch.nn.MaxPool2d)
+    source = emit_source(f, backend="triton")
+    assert "conv1 = fused_conv(x, self.conv1, pool=True)" in source
+    assert "fused_conv(conv1, self.conv2, self.bn1, relu=True, pool=True)" in source
+    assert "F.max_pool2d(torch.relu(self.conv1(x)), 2)" in emit_source(f, backend="torch")
+
+
+def test_pooled_fallback_is_the_torch_backend_bit_for_bit(no_kernel):
+    # without a BN (nothing folded) the fallback runs exactly the torch backend's ops
+    text = POOLED.replace("conv3-8 bias=false; bn; maxpool", "conv3-8; maxpool")
+    ref, tri = pair(archdsl.loads(text))
+    x = torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(4))
+    ref.eval(), tri.eval()
+    with torch.no_grad():
+        assert torch.equal(tri(x), ref(x))
+    assert torch.equal(tri(x), ref(x))  # with autograd
+    ref.train(), tri.train()
+    assert torch.equal(tri(x), ref(x))
+    # with a BN: the fold, within rounding; training and gradients as the torch backend's
+    ref, tri = pair(archdsl.loads(POOLED))
+    ref.eval(), tri.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(tri(x), ref(x), rtol=1e-4, atol=1e-5)
+    same_training_step(ref, tri, x)
+
+
+def test_emitted_pooled_source_runs_like_the_in_process_module(no_kernel, tmp_path):
+    from archdsl.cli import main
+
+    spec, out = tmp_path / "pooled.arch", tmp_path / "pooled.py"
+    spec.write_text(POOLED)
+    assert main(["build", str(spec), "--backend", "triton", "-o", str(out)]) == 0
+    source = out.read_text()
+    assert source.count("pool=True") == 3 and "MaxPool2d" not in source
+    namespace = {}
+    exec(compile(source, str(out), "exec"), namespace)
+    emitted = namespace["Pooled"]()
+    ref, tri = pair(archdsl.loads(POOLED))
+    emitted.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 3, 10, 10)
+    for m in (ref, tri, emitted):
+        m.eval()
+    with torch.no_grad():
+        assert torch.equal(emitted(x), tri(x))
+        torch.testing.assert_close(emitted(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+def test_build_summary_counts_the_fused_pools(capsys, tmp_path):
+    from archdsl.cli import main
+
+    assert main(["build", "vgg_d", "--backend", "triton", "-o", str(tmp_path / "v.py")]) == 0
+    text = capsys.readouterr().out
+    assert ("backend triton: fused 13 convs: 8 conv+relu, 5 conv+relu+maxpool; "
+            "5 max-pools (2x2/2) in the conv epilogue at inference") in text
+    assert "conv+relu+maxpool 3x3/1 pad 1, 64" in text and "138,357,544" in text
+
+
+@pytest.mark.parametrize("text", [
+    "net tiny_pool : 3x8x8 { conv3-8; maxpool }",
+    "net tiny_pool : 3x9x9 { conv3-8 bias=false; bn; maxpool; conv3-8 act=none; maxpool }",  # odd maps
+], ids=["conv_relu_pool", "bn_and_odd_maps"])
+def test_triton_backend_pools_in_the_kernel_and_agrees_with_torch(kernels_only, monkeypatch, text):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 comparisons on a GPU
+    install, remove = kernels_only
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    graph = archdsl.loads(text)
+    assert all(d["attrs"].get("pool") for _, d in fused(graph).ops() if d["op"] is Op.FUSED_CONV)
+    torch.manual_seed(0)
+    ref = randomise(archdsl.compile(graph)).to(device)
+    tri = archdsl.compile(graph, backend="triton").to(device)
+    tri.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, *graph.input_shape.dims, generator=torch.Generator().manual_seed(2)).to(device)
+    real_pool = torch.nn.functional.max_pool2d
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a fused pool ran as F.max_pool2d at inference")
+
+    ref.eval(), tri.eval()
+    with torch.no_grad():
+        want = ref(x)
+        install()
+        monkeypatch.setattr(torch.nn.functional, "max_pool2d", no_pool)
+        got = tri(x)
+        monkeypatch.setattr(torch.nn.functional, "max_pool2d", real_pool)
+        remove()
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # training: the kernel's conv, then F.max_pool2d; gradients flow to every parameter
+    ref.train(), tri.train()
+    ys = []
+    for m in (ref, tri):
+        if m is tri:
+            install()
+        y = m(x)
+        remove()
+        y.square().mean().backward()
+        ys.append(y)
+    torch.testing.assert_close(ys[1], ys[0], rtol=1e-4, atol=1e-5)
+    for (k, p), q in zip(ref.named_parameters(), tri.parameters()):
+        assert q.grad is not None and q.grad.abs().sum() > 0, k
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("name", [s.name for s in archdsl.list_specs()])
+def test_every_bundled_specs_triton_source_is_the_in_process_module(no_kernel, name):
+    """The emitted triton source of each bundled net (fused convs, fused pools) runs what the
+    in-process module runs, bit for bit, on the fallback path; at a small input, to stay cheap."""
+    graph = archdsl.load(name, input="3x64x64")
+    lowered = fused(graph)
+    source = emit_source(lowered, backend="triton")
+    namespace = {}
+    exec(compile(source, f"<{name}>", "exec"), namespace)
+    emitted = namespace[class_name(graph.name)]()
+    module = randomise(archdsl.compile(graph, backend="triton", softmax=True))
+    assert [(k, v.shape) for k, v in emitted.state_dict().items()] == \
+           [(k, v.shape) for k, v in module.state_dict().items()]
+    emitted.load_state_dict(module.state_dict())
+    module.eval(), emitted.eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(emitted(x), module(x))

@@ -160,14 +160,118 @@ def test_the_graph_output_is_never_fused_into():
 
 
 def test_relu_after_a_pool_or_a_linear_is_left_alone():
-    g = hand_graph([
-        ("c1", Op.CONV, ("x",), conv_attrs()),
-        ("p1", Op.MAXPOOL, ("c1",), {"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0)}),
-        ("r1", Op.RELU, ("p1",), {}),
-        ("f1", Op.LINEAR, ("r1",), {"out_features": 3, "bias": True}),
-        ("r2", Op.RELU, ("f1",), {}),
-    ], "r2")
+    def net(pool):
+        return hand_graph([
+            ("c1", Op.CONV, ("x",), conv_attrs()),
+            ("p1", Op.MAXPOOL, ("c1",), pool),
+            ("r1", Op.RELU, ("p1",), {}),
+            ("f1", Op.LINEAR, ("r1",), {"out_features": 3, "bias": True}),
+            ("r2", Op.RELU, ("f1",), {}),
+        ], "r2")
+
+    g = net({"kernel": (3, 3), "stride": (2, 2), "padding": (0, 0)})  # a pool no conv takes
     assert structure(fused(g)) == structure(g)
+    # a 2x2/2 pool goes into the conv, but a pooled conv takes nothing after its pool
+    g = net({"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0)})
+    f = fused(g)
+    assert ops(f) == [Op.INPUT, Op.FUSED_CONV, Op.RELU, Op.LINEAR, Op.RELU]
+    assert f.nodes["c1"]["attrs"]["pool"] and not f.nodes["c1"]["attrs"]["relu"]
+    assert f.nodes["r1"]["args"] == ("c1",) and f.shape("c1") == g.shape("p1")
+
+
+POOL2 = {"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0)}
+
+
+@pytest.mark.parametrize("hw", [8, 7])  # an odd map: floor mode drops the last row and column
+def test_a_2x2_pool_goes_into_the_conv_before_it(hw):
+    g = hand_graph([("c1", Op.CONV, ("x",), conv_attrs(bias=False)), ("b1", Op.BATCHNORM, ("c1",), {"eps": 1e-5}),
+                    ("r1", Op.RELU, ("b1",), {}), ("p1", Op.MAXPOOL, ("r1",), POOL2),
+                    ("c2", Op.CONV, ("p1",), conv_attrs(out=6)), ("p2", Op.MAXPOOL, ("c2",), POOL2)],
+                   "p2", shape=(3, hw, hw))
+    f = fused(g)
+    verify(f)
+    assert list(f.order()) == ["x", "c1", "c2"] and f.graph["output"] == "c2"
+    assert f.nodes["c2"]["args"] == ("c1",)
+    a1, a2 = f.nodes["c1"]["attrs"], f.nodes["c2"]["attrs"]
+    assert (a1["bn"], a1["bn_name"], a1["relu"], a1["pool"]) == (True, "b1", True, True)
+    assert (a2["bn"], a2["relu"], a2["pool"]) == (False, False, True)  # a bare conv takes its pool too
+    assert describe(Op.FUSED_CONV, a1) == "conv+bn+relu+maxpool 3x3/1 pad 1, 4 no-bias"
+    assert describe(Op.FUSED_CONV, a2) == "conv+maxpool 3x3/1 pad 1, 6"
+    # shapes are the pools'; counts, receptive field and stride are those of the unfused chain
+    assert f.shape("c1") == g.shape("p1") == Shape.of(4, hw // 2, hw // 2)
+    assert f.shape("c2") == g.shape("p2") == Shape.of(6, hw // 4, hw // 4)
+    assert f.nodes["c1"]["meta"]["macs"] == g.nodes["c1"]["meta"]["macs"] == hw * hw * 4 * 3 * 9
+    assert f.nodes["c2"]["meta"]["macs"] == g.nodes["c2"]["meta"]["macs"]
+    assert (f.params, f.macs) == (g.params, g.macs)
+    for fused_node, last in (("c1", "p1"), ("c2", "p2")):
+        assert (f.nodes[fused_node]["meta"]["rf"], f.nodes[fused_node]["meta"]["jump"]) == \
+               (g.nodes[last]["meta"]["rf"], g.nodes[last]["meta"]["jump"])
+    assert (f.nodes["c2"]["meta"]["rf"], f.nodes["c2"]["meta"]["jump"]) == (10, 4)
+
+
+@pytest.mark.parametrize("pool", [
+    {"kernel": (3, 3), "stride": (2, 2), "padding": (0, 0)},  # AlexNet's overlapping pool
+    {"kernel": (3, 3), "stride": (2, 2), "padding": (1, 1)},  # ResNet's stem pool
+    {"kernel": (2, 2), "stride": (1, 1), "padding": (0, 0)},
+    {"kernel": (2, 2), "stride": (2, 2), "padding": (1, 1)},
+    {"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0), "ceil_mode": True},
+], ids=["3x3/2", "3x3/2pad1", "2x2/1", "2x2/2pad1", "2x2/2ceil"])
+def test_pools_the_epilogue_does_not_compute_stay_apart(pool):
+    g = hand_graph([("c1", Op.CONV, ("x",), conv_attrs()), ("r1", Op.RELU, ("c1",), {}),
+                    ("p1", Op.MAXPOOL, ("r1",), pool)], "p1", shape=(3, 7, 7))
+    f = fused(g)
+    assert ops(f) == [Op.INPUT, Op.FUSED_CONV, Op.MAXPOOL] and not f.nodes["c1"]["attrs"].get("pool")
+
+
+def test_a_pool_is_not_fused_past_a_second_reader_or_a_residual():
+    # c1's relu is read by the pool and the add: the pool stays
+    g = hand_graph([("c1", Op.CONV, ("x",), conv_attrs(out=3)), ("r1", Op.RELU, ("c1",), {}),
+                    ("a1", Op.ADD, ("r1", "x"), {}), ("p1", Op.MAXPOOL, ("r1",), POOL2),
+                    ("p2", Op.MAXPOOL, ("a1",), POOL2), ("a2", Op.ADD, ("p1", "p2"), {})], "a2")
+    f = fused(g)
+    assert "p1" in f and f.nodes["c1"]["attrs"]["relu"] and not f.nodes["c1"]["attrs"].get("pool")
+    # conv -> bn -> add -> relu -> pool: the add is the epilogue's, so the pool stays (the
+    # kernel pools only without a residual)
+    g = hand_graph([("c0", Op.CONV, ("x",), conv_attrs(out=4)), ("r0", Op.RELU, ("c0",), {}),
+                    ("c1", Op.CONV, ("x",), conv_attrs(out=4)), ("b1", Op.BATCHNORM, ("c1",), {"eps": 1e-5}),
+                    ("a1", Op.ADD, ("b1", "r0"), {}), ("r1", Op.RELU, ("a1",), {}),
+                    ("p1", Op.MAXPOOL, ("r1",), POOL2)], "p1")
+    f = fused(g)
+    assert f.nodes["c1"]["attrs"]["residual"] and not f.nodes["c1"]["attrs"].get("pool")
+    assert f.nodes["p1"]["args"] == ("c1",) and f.graph["output"] == "p1"
+    # and a pooled conv is never given a residual: conv -> pool -> add
+    g = hand_graph([("c1", Op.CONV, ("x",), conv_attrs(out=3)), ("p1", Op.MAXPOOL, ("c1",), POOL2),
+                    ("p0", Op.MAXPOOL, ("x",), POOL2), ("a1", Op.ADD, ("p1", "p0"), {})], "a1")
+    f = fused(g)
+    assert f.nodes["c1"]["attrs"]["pool"] and not f.nodes["c1"]["attrs"].get("residual") and "a1" in f
+
+
+def test_verify_rejects_a_pooled_conv_with_a_residual():
+    g = fused(hand_graph([("c1", Op.CONV, ("x",), conv_attrs()), ("p1", Op.MAXPOOL, ("c1",), POOL2)], "p1"))
+    g.nodes["c1"]["attrs"] = {**g.nodes["c1"]["attrs"], "residual": True}
+    with pytest.raises(VerifyError, match="with a pool adds no residual"):
+        verify(g)
+
+
+def test_vgg_d_pools_go_into_its_convs_and_alexnets_overlapping_pools_do_not():
+    g = archdsl.load("vgg_d")
+    f = fused(g)
+    verify(f)
+    pooled = [n for n, d in f.ops() if d["op"] is Op.FUSED_CONV and d["attrs"].get("pool")]
+    assert len(pooled) == 5 and not any(d["op"] is Op.MAXPOOL for _, d in f.ops())
+    assert [str(f.shape(n)) for n in pooled] == ["64x112x112", "128x56x56", "256x28x28", "512x14x14", "512x7x7"]
+    alex = archdsl.load("alexnet")
+    fa = fused(alex)
+    assert sum(d["op"] is Op.MAXPOOL for _, d in fa.ops()) == sum(d["op"] is Op.MAXPOOL for _, d in alex.ops()) == 3
+    assert not any(d["attrs"].get("pool") for _, d in fa.ops() if d["op"] is Op.FUSED_CONV)
+    for before, after in ((g, f), (alex, fa)):
+        out_b, out_a = before.nodes[before.graph["output"]]["meta"], after.nodes[after.graph["output"]]["meta"]
+        assert (after.params, after.macs, out_a["rf"], out_a["jump"]) == \
+               (before.params, before.macs, out_b["rf"], out_b["jump"])
+    from archdsl.passes.fuse import fusion_summary
+    assert fusion_summary(f) == ("fused 13 convs: 8 conv+relu, 5 conv+relu+maxpool; "
+                                 "5 max-pools (2x2/2) in the conv epilogue at inference")
+    assert fusion_summary(fa) == "fused 5 convs: 5 conv+relu"
 
 
 def test_a_spec_with_a_shared_conv():
@@ -185,7 +289,7 @@ def test_a_spec_with_a_shared_conv():
     assert f.nodes["conv2"]["op"] is Op.CONV  # its reader is an add
     assert describe(Op.FUSED_CONV, f.nodes["conv3"]["attrs"]) == "conv+bn+relu 3x3/1 pad 1, 8 no-bias"
     assert set(f.users("conv3")) == {"conv4", "add2"}
-    assert describe(Op.FUSED_CONV, f.nodes["conv5"]["attrs"]) == "conv+relu 3x3/2 pad 1, 16"
+    assert describe(Op.FUSED_CONV, f.nodes["conv5"]["attrs"]) == "conv+relu+maxpool 3x3/2 pad 1, 16"
 
 
 @pytest.mark.parametrize("spec,kwargs", [
@@ -312,22 +416,31 @@ def check_fusion_rules(g: ArchGraph, f: ArchGraph) -> None:
                 assert add not in f, n  # taken by the conv on the add's other input
             if expect_residual:
                 expect_relu = sole(add, Op.RELU)
-            if not (expect_bn or expect_relu):
+            last = add if expect_residual else tail
+            if expect_relu:
+                last = g.users(last)[0]
+            # a 2x2/2 max-pool without padding, in floor mode, ends any chain without a residual
+            expect_pool = not expect_residual and sole(last, Op.MAXPOOL) \
+                and g.nodes[g.users(last)[0]]["attrs"] == POOL2
+            if not (expect_bn or expect_relu or expect_pool):
                 assert f.nodes[n]["op"] is Op.CONV, n  # includes every conv with several readers
                 continue
             a = f.nodes[n]["attrs"]
             assert f.nodes[n]["op"] is Op.FUSED_CONV, n
-            assert (a["bn"], a["relu"], a.get("residual", False)) == (expect_bn, expect_relu, expect_residual), n
+            assert (a["bn"], a["relu"], a.get("residual", False), a.get("pool", False)) == \
+                   (expect_bn, expect_relu, expect_residual, expect_pool), n
             assert a["bn_name"] == (tail if expect_bn else "")
             assert len(f.nodes[n]["args"]) == 1 + expect_residual  # (names of absorbed nodes move)
             absorbed = [tail] if expect_bn else []
-            last = add if expect_residual else tail
             if expect_residual:
                 absorbed.append(add)
             if expect_relu:
+                absorbed.append(last)
+            if expect_pool:
                 absorbed.append(g.users(last)[0])
             assert not any(m in f for m in absorbed)
-        elif d["op"] not in (Op.BATCHNORM, Op.RELU, Op.ADD):
+            assert f.shape(n) == g.shape(absorbed[-1] if absorbed else n)
+        elif d["op"] not in (Op.BATCHNORM, Op.RELU, Op.ADD, Op.MAXPOOL):
             assert f.nodes[n]["op"] is d["op"] and n in f
 
 

@@ -151,6 +151,20 @@ def test_launches_of_a_resnet_put_the_residual_in_the_epilogue_only_in_eval():
     assert not any(x.meta["HAS_RESIDUAL"] or x.meta["APPLY_RELU"] or x.meta["HAS_BIAS"] for x in train)
 
 
+def test_launches_of_vgg_pool_in_the_epilogue_only_in_eval():
+    graph = lower_graph(archdsl.load("vgg_d"), "triton")
+    evals = aot.launches(graph, batch=2)
+    pooled = [x for x in evals if x.meta.get("POOL")]
+    assert [x.layer for x in pooled] == [n for n, d in graph.ops() if d["attrs"].get("pool")]
+    assert len(pooled) == 5 and all(x.what.endswith(" pool") for x in pooled)
+    # the output the launch writes is the pooled map: the conv's rows, four per output pixel
+    named = dict(zip(pooled[0].kernel.fn.arg_names, pooled[0].args))
+    assert tuple(named["y_ptr"].shape) == (2, 64, 112, 112) and named["OUT_H"] == 224
+    train = aot.launches(graph, batch=2, training=True)
+    assert len(train) == len(evals) and not any(x.meta.get("POOL") for x in train)
+    assert tuple(dict(zip(train[1].kernel.fn.arg_names, train[1].args))["y_ptr"].shape) == (2, 64, 224, 224)
+
+
 # --------------------------------------------------------------------------------------------
 # The K loop in the SASS, and what it implies at the tensor rate
 # --------------------------------------------------------------------------------------------

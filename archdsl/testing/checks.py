@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import archdsl
 from archdsl.ir import ArchGraph, Op
+from archdsl.ops.conv import conv_shape
 
 def _prepared(graph: ArchGraph, module=None, seed: int = 0):
     import torch
@@ -162,7 +163,11 @@ def check_lowering(graph: ArchGraph, *, batch: int = 2, seed: int = 0, source: b
     x = _input(graph, batch, seed)
     expected = {name: graph.shape(name).dims for name in graph.nodes}
 
-    real = real_shapes(module, x, expected)
+    # A fused conv's layer is the conv: with a fused pool it outputs the map before the pool.
+    layer_out = {**expected, **{name: conv_shape(d["attrs"], graph.shape(d["args"][0])).dims
+                                for name, d in graph.nodes(data=True)
+                                if d["op"] is Op.FUSED_CONV and d["attrs"].get("pool")}}
+    real = real_shapes(module, x, layer_out)
     layer_nodes = [n for n in expected if n in real]
     weighted = [n for n, d in graph.nodes(data=True) if d["op"] in (Op.CONV, Op.LINEAR, Op.BATCHNORM)]
     missing = [n for n in weighted if n not in real]

@@ -40,6 +40,7 @@ import torch
 from archdsl.codegen.triton import support
 from archdsl.codegen.triton.hopper import MAX_REGISTERS, SHARED_LIMIT, issue_share
 from archdsl.ir import ArchGraph, Op
+from archdsl.ops.conv import conv_shape
 
 __all__ = ["Compiled", "Launch", "compile_launches", "launches", "report", "table"]
 
@@ -135,8 +136,8 @@ def launches(lowered: ArchGraph, *, batch: int = 64, dtype: torch.dtype = torch.
 
     A conv node launches as :func:`archdsl.codegen.triton.runtime.fused_conv` runs it: in eval
     mode a BN is folded into the conv (so it has a bias) and the ReLU and residual go to the
-    epilogue; in training mode a conv followed by a BN runs without bias, residual or ReLU
-    (the BN runs between them).
+    epilogue, and so does a fused 2x2 max-pool; in training mode a conv followed by a BN runs
+    without bias, residual or ReLU (the BN runs between them), and a fused pool runs after it.
     """
     # Imported here, not at the top: they import triton, and a process without it gets
     # AotError's advice from report() instead of an ImportError.
@@ -161,19 +162,25 @@ def launches(lowered: ArchGraph, *, batch: int = 64, dtype: torch.dtype = torch.
         bn = op is Op.FUSED_CONV and a["bn"]
         relu = op is Op.FUSED_CONV and a["relu"]
         residual = op is Op.FUSED_CONV and a.get("residual", False)
+        groups = a["groups"]
+        # A fused pool runs in the epilogue at inference, except after the small-C kernel
+        # (which has none: its conv output goes to the max-pool kernel, not listed here).
+        pool = (op is Op.FUSED_CONV and a.get("pool", False) and not training
+                and not conv_kernels.uses_small_c_kernel(x_shape.c // groups))
         if training and bn:  # the BN runs on the conv's raw output
             has_bias, relu, residual = a["bias"], False, False
         else:
             has_bias = a["bias"] or bn
-        y = _meta_tensor(batch, lowered.shape(name), dtype, channels_last=True)
-        groups = a["groups"]
+        y_shape = lowered.shape(name) if pool else conv_shape(a, x_shape)
+        y = _meta_tensor(batch, y_shape, dtype, channels_last=True)
         w = torch.empty(a["out_channels"], x_shape.c // groups, *a["kernel"], dtype=dtype, device="meta")
         bias = torch.empty(a["out_channels"], dtype=dtype, device="meta") if has_bias else None
         kernel, _, args, flags = conv_kernels.launch_args(
             x, conv_kernels.pack_weight(w, groups), bias, y if residual else None, y,
-            a["kernel"], a["stride"], a["padding"], groups, relu)
+            a["kernel"], a["stride"], a["padding"], groups, relu, pool=pool)
         kh, kw = a["kernel"]
         what = f"conv {kh}x{kw}/{a['stride'][0]}" + (f" g{groups}" if groups > 1 else "")
+        what += " pool" if pool else ""
         out.append(Launch(name, kernel, args, flags, what))
     return out
 

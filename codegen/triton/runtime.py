@@ -44,6 +44,11 @@ The BN is folded on the fly instead, in :func:`fused_conv`:
 
 The fold costs one pass over the conv's weight, i.e. nothing next to a batch of activations;
 what the fused node saves is the BN's and the ReLU's round trips through memory.
+
+A fused 2x2/2 max-pool (``pool=True``) runs in the kernel's epilogue only at inference: eval
+mode, no gradient needed, and an input the kernel takes; the kernel then stores only the
+pooled map. Otherwise (training, autograd, an input the kernel does not take) the node runs as
+it would without the pool and ``F.max_pool2d`` follows, so the result is the unfused graph's.
 """
 
 from __future__ import annotations
@@ -127,8 +132,33 @@ def _folded_conv(conv, bn, relu: bool):
     return folded
 
 
-def fused_conv(x: torch.Tensor, conv, bn=None, relu: bool = False, residual=None) -> torch.Tensor:
-    """The forward of a FUSED_CONV node in the triton backend: ``relu?(bn?(conv(x)) + residual?)``.
+def _pooled(x: torch.Tensor, conv, bn, relu: bool) -> torch.Tensor | None:
+    """``max_pool2d(relu?(bn?(conv(x))), 2)`` by the kernel's pooled epilogue, or None where it
+    does not apply: training mode, a gradient needed, or an input the kernel does not take."""
+    if conv.training or (bn is not None and (bn.training or bn.running_mean is None)):
+        return None
+    params = [t for t in (conv.weight, conv.bias, *(_bn_tensors(conv, bn)[2:] if bn is not None else ()))
+              if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params)):
+        return None
+    if not kernel_can_run(x, conv.weight):
+        return None
+    if bn is None:
+        weight, bias, relu = conv.weight, conv.bias, relu or conv.relu
+    elif any(t.is_inference() for t in params):  # no version counter to cache by: see fused_conv
+        weight, bias = _fold(conv, bn)
+    else:
+        folded = _folded_conv(conv, bn, relu)
+        weight, bias = folded.weight, folded.bias
+    from archdsl.codegen.triton.conv import conv2d  # imports triton: only when a kernel runs
+
+    return conv2d(x, weight, bias, tuple(conv.stride), tuple(conv.padding), conv.groups, relu=relu, pool=True)
+
+
+def fused_conv(x: torch.Tensor, conv, bn=None, relu: bool = False, residual=None,
+               pool: bool = False) -> torch.Tensor:
+    """The forward of a FUSED_CONV node in the triton backend:
+    ``pool?(relu?(bn?(conv(x)) + residual?))``.
 
     Args:
         x: the input, [N, C, H, W].
@@ -138,7 +168,12 @@ def fused_conv(x: torch.Tensor, conv, bn=None, relu: bool = False, residual=None
         bn: the node's ``nn.BatchNorm2d``, or None.
         relu: apply a ReLU at the end (after the BN and the residual).
         residual: a tensor of the output's shape added before the ReLU, or None.
+        pool: end with a 2x2/2 max-pool (floor mode; never with ``residual``): in the kernel's
+            epilogue at inference, else ``F.max_pool2d`` after the rest (see the module doc).
     """
+    if pool:
+        y = _pooled(x, conv, bn, relu)
+        return y if y is not None else F.max_pool2d(fused_conv(x, conv, bn, relu, residual), 2)
     if bn is None:
         y = _run(x, conv, residual)
         return torch.relu(y) if relu and not conv.relu else y
