@@ -152,8 +152,15 @@ def _fits_general(config, elem_bytes, residual, shared_limit, c_in_g: int) -> bo
     even_k = c_in_g % kw["BLOCK_K"] == 0
     share = issue_share(loop_instructions(config, elem_bytes, even_k), config.num_warps,
                         kw["BLOCK_M"] * kw["BLOCK_N"] * kw["BLOCK_K"], elem_bytes)
+    # The activation operand's per-row state (address, padding bit, predicate) grows with the
+    # vectors a thread gathers per stage; with a channel mask (K not a multiple of BLOCK_K) or
+    # 4-byte operands on top of a 64-per-thread accumulator, 8 such vectors spill with Triton
+    # 3.6's ptxas (24-40 bytes: 128x64x64 w4 and 256x64x64 w8 on AlexNet's conv2, 48 channels
+    # per group; 128x64x64 w4 in fp32), while 4 do not.
+    a_vectors = kw["BLOCK_M"] * kw["BLOCK_K"] * elem_bytes // 16 // (32 * config.num_warps)
+    crowded = acc >= 64 and a_vectors > 4 and (not even_k or elem_bytes == 4)
     return (smem <= shared_limit and acc <= (128 if elem_bytes == 2 and not residual else 64)
-            and share <= 1.0)
+            and not crowded and share <= 1.0)
 
 
 def _fits_small_c(config, elem_bytes, residual, shared_limit) -> bool:
