@@ -279,3 +279,19 @@ def test_bench_train_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "train.md").read_text()
     assert "| hand-written PyTorch |" in table and "| archdsl train |" in table and "SMOKE" in table
+
+
+def test_train_command_leaves_the_process_group(tmp_path, monkeypatch):
+    """The command leaves a group it ran in before the interpreter exits: a gloo group left to
+    the interpreter's teardown can abort a rank that finished well (SIGABRT, "terminate called
+    without an active exception"), and torchrun then reports the run as failed."""
+    import torch.distributed as tdist
+
+    store = tdist.FileStore(str(tmp_path / "store"), 1)
+    tdist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert main(["train", "cifar_resnet", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
+        assert not tdist.is_initialized()
+    finally:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()

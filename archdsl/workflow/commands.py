@@ -88,17 +88,24 @@ def _train_argv(args) -> list[str]:
 
 
 def _errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Training, data and plotting errors exit 2 with one line, as spec errors do."""
+    """Training, data and plotting errors exit 2 with one line, as spec errors do; a process
+    group the command joined (under torchrun) is left before it returns."""
 
     def handler(args) -> int:
+        from archdsl.workflow import dist
         from archdsl.workflow.data import DataError
         from archdsl.workflow.train import TrainError
 
         try:
-            return run(args)
+            code = run(args)
         except (TrainError, DataError) as err:
             print(f"error: {err}", file=sys.stderr)
-            return 2
+            code = 2
+        # Only after a return or one of these errors, which every rank meets alike: leaving the
+        # group while another rank waits in a collective would hang it (an unexpected exception
+        # ends the process instead, and torchrun stops the others).
+        dist.shutdown()
+        return code
 
     return handler
 

@@ -43,6 +43,15 @@ def init(device: str) -> World:
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), device)
 
 
+def shutdown() -> None:
+    """Leave the process group before the interpreter exits. A gloo or NCCL group left to the
+    interpreter's teardown can abort the process ("terminate called without an active
+    exception") after a run that finished well, so torchrun reports a failed rank. The command
+    that joined the group calls this once, after every variant it trains (a sweep shares one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_sum(values: list[float], world: World) -> list[float]:
     """The sums over the ranks of a few numbers (loss and error tallies)."""
     if not world.distributed:
