@@ -2,8 +2,8 @@
 
 What is exported is what :func:`archdsl.compile` returns, in eval mode. The spec's names
 stay: initializers and the program's parameters are the module's state-dict keys
-(``basic3_conv1.weight``), and each ONNX node is named after the layer it belongs to (its
-module path, then the op where a layer gives several nodes or none).
+(``basic_stage2.basic1.conv1.weight``), and each ONNX node is named after the layer it belongs
+to (its module path, then the op where a layer gives several nodes or none).
 
 The batch dimension is dynamic; with ``dense`` the fully-convolutional form is exported and
 its height and width are dynamic too, from the spec's own input size up.
@@ -117,7 +117,7 @@ def to_onnx(program, opset: int | None = None) -> bytes:
 
 def _name_nodes(model) -> None:
     """Name each ONNX node after the module it came from (the exporter records the module path
-    in ``pkg.torch.onnx.name_scopes``): ``basic3_conv1``, or ``basic3_conv1/Relu`` where that
+    in ``pkg.torch.onnx.name_scopes``): ``stage2.basic1.conv1``, or ``stage2.basic1.conv1/Relu`` where that
     module gives several nodes, ``Relu_2`` for a node outside any layer."""
     scopes = []
     for node in model.graph.node:
@@ -135,15 +135,17 @@ def _name_nodes(model) -> None:
 
 
 def _scope_path(text: str) -> str:
-    """``"['', 'layer1', '0', 'conv1', 'conv2d']"`` -> ``"layer1.0.conv1"`` (module names only;
-    the last entry is the op)."""
+    """``"['', 'stage1', 'stage1.basic1', 'stage1.basic1.conv1', 'conv2d']"`` ->
+    ``"stage1.basic1.conv1"``: the innermost module's qualified name (each entry names one
+    module around the node, outermost first; the last entry is the op)."""
     import ast
 
     try:
         parts = ast.literal_eval(text) if text else []
     except (ValueError, SyntaxError):
         return ""
-    return ".".join(str(p) for p in parts[:-1] if p and not str(p).startswith("_"))
+    modules = [str(p) for p in parts[:-1] if p and not str(p).startswith("_")]
+    return modules[-1] if modules else ""
 
 
 def check_onnx(data: bytes, module: torch.nn.Module, example: torch.Tensor) -> float:

@@ -1,4 +1,4 @@
-"""Lowering to an in-process ``torch.nn.Module`` that runs the graph node by node."""
+"""Lowering to an in-process ``torch.nn.Module`` whose submodules are the spec's block calls."""
 
 from __future__ import annotations
 
@@ -6,49 +6,124 @@ import torch
 import torch.fx
 
 from archdsl.backends import TORCH, Backend
-from archdsl.codegen.torch_ops import forward_fn, from_linear, last_uses, linear_weights_as_kernels, lower
+from archdsl.codegen import hierarchy
+from archdsl.codegen.torch_ops import forward_fn, from_linear, linear_weights_as_kernels, lower
 from archdsl.ir import ArchGraph
 
 
-class ArchModule(torch.nn.Module):
+def _frees(steps, outputs: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """For each step of a level, the values it reads for the last time (freed after it)."""
+    last: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        for arg in step.args:
+            last[arg] = i
+    frees: list[list[str]] = [[] for _ in steps]
+    for value, i in last.items():
+        if value not in outputs:
+            frees[i].append(value)
+    return [tuple(f) for f in frees]
+
+
+class Block(torch.nn.Module):
+    """One block call of the spec (or the net itself): its layers and the submodules of the
+    block calls it makes, under the names the spec gives them, and a ``forward`` that runs
+    them in topological order, freeing each intermediate after its last use.
+
+    A block reads the values it takes from outside (its input, one unless a pass rewired the
+    graph) and returns what is read outside it (its output). ``block`` names the spec's block.
+    """
+
+    def __init__(self, level: hierarchy.Level, lowered: dict, backend: Backend, graph: ArchGraph):
+        super().__init__()
+        self.block = level.block
+        self._inputs, self._outputs = level.inputs, level.outputs
+        extras: dict[str, tuple] = {}  # node -> ((role, attribute here), ...)
+        # Layers and submodules are registered in the order the spec wrote them (the state_dict's
+        # order, which a fusion that rewires inputs does not change); forward runs in
+        # topological order.
+        for kind, attr in level.members:
+            if kind == "child":
+                child = level.children[attr]
+                if isinstance(child, hierarchy.Repeat):
+                    copies = [Block(c, lowered, backend, graph) for c in child.copies]
+                    self.add_module(attr, torch.nn.Sequential(*copies) if child.chain else torch.nn.ModuleList(copies))
+                else:
+                    self.add_module(attr, Block(child, lowered, backend, graph))
+                continue
+            node = level.nodes[attr]
+            low = lowered[node]
+            layer = low.layer or low.module  # activations and merges are modules too
+            if layer is not None:
+                self.add_module(attr, layer.build())
+            roles = []
+            for role, attribute, extra in low.extra:  # e.g. a fused conv's batch norm
+                here = hierarchy.extra_attr(level, node, attribute, graph)
+                self.add_module(here, extra.build())
+                roles.append((role, here))
+            extras[node] = tuple(roles)
+        self._program = []
+        for step, frees in zip(level.steps, _frees(level.steps, level.outputs)):
+            if step.node is not None:
+                low = lowered[step.node]
+                self._program.append((step.attr, (low.layer or low.module) is not None, forward_fn(low),
+                                      step.args, (step.node,), frees, extras[step.node]))
+            else:
+                self._program.append((step.attr, True, None, step.args, step.outputs, frees, ()))
+
+    def forward(self, *inputs: torch.Tensor):
+        env = dict(zip(self._inputs, inputs))
+        for attr, has_layer, fn, args, outputs, frees, extra in self._program:
+            if fn is None:  # a block call: its outputs are ours to name
+                result = self.get_submodule(attr)(*(env[a] for a in args))
+                if len(outputs) == 1:
+                    env[outputs[0]] = result
+                else:
+                    env.update(zip(outputs, result))
+            else:
+                layer = getattr(self, attr) if has_layer else None
+                if extra:
+                    env[outputs[0]] = fn(layer, *(env[a] for a in args),
+                                         **{role: getattr(self, attribute) for role, attribute in extra})
+                else:
+                    env[outputs[0]] = fn(layer, *(env[a] for a in args))
+            for value in frees:
+                del env[value]
+        if len(self._outputs) == 1:
+            return env[self._outputs[0]]
+        return tuple(env[o] for o in self._outputs)
+
+    def _get_name(self) -> str:
+        """``print(model)`` names a block's module after the block (``Basic``), as its class in
+        the emitted source is named."""
+        from archdsl.codegen.torch_source import class_name
+
+        return class_name(self.block) if self.block else super()._get_name()
+
+
+class ArchModule(Block):
     """A network compiled from an :class:`~archdsl.ir.ArchGraph`.
 
-    Every layer with state is an attribute named after its node (so ``state_dict`` keys read
-    ``conv1.weight``, ``basic3_bn2.running_mean``, ...) and ``forward`` evaluates the nodes in
-    topological order, freeing each intermediate after its last use.
+    The module tree follows the spec: every layer is an attribute named as the spec's block
+    or net names it (``conv1``, ``bn2``), every block call a submodule (``basic_stage2``), a
+    repeated call an ``nn.Sequential`` of its copies; so ``state_dict`` keys read
+    ``basic_stage2.basic2.0.conv1.weight`` (see :mod:`codegen.hierarchy`).
 
     In the dense form (fc layers made convolutions), ``load_state_dict`` also takes the fc
     module's state dict: a pre-hook reshapes the 2-D fc weights to kernels as they load.
     """
 
     def __init__(self, graph: ArchGraph, backend: Backend = TORCH, requested: Backend | None = None):
-        super().__init__()
+        source = graph.graph["input"]
+        lowered = {name: lower(graph, name, backend) for name in graph.nodes if name != source}
+        root = hierarchy.tree(graph)
+        super().__init__(root, lowered, backend, graph)
         self.arch_name = graph.name
         # requested: the backend asked for, where ``backend`` stands in for it (no kernel runs here).
         self.requested_backend = (requested or backend).name
         self.backend = backend.name
-        order = graph.order()
-        frees = last_uses(graph, order)
-        self._input = graph.graph["input"]
-        self._output = graph.graph["output"]
-        lowered_nodes = {name: lower(graph, name, backend) for name in graph.nodes if name != self._input}
-        # Layers are registered in the order the spec wrote them (so the state_dict's order does
-        # not depend on how a fusion rewired inputs); the program runs in topological order.
-        for name, lowered in lowered_nodes.items():
-            layer = lowered.layer or lowered.module  # activations and merges are modules too
-            if layer is not None:
-                self.add_module(name, layer.build())
-            for _, attribute, layer in lowered.extra:  # e.g. a fused conv's batch norm
-                self.add_module(attribute, layer.build())
-        self._program = []
-        for name in order:
-            if name == self._input:
-                continue
-            lowered = lowered_nodes[name]
-            self._program.append((name, (lowered.layer or lowered.module) is not None, forward_fn(lowered),
-                                  graph.nodes[name]["args"], tuple(frees[name]),
-                                  tuple((role, attribute) for role, attribute, _ in lowered.extra)))
-        self._from_linear = from_linear(graph)
+        #: graph node -> the dotted path of the submodule that computes it (``basic_stage2.basic1.conv1``)
+        self.paths = hierarchy.paths(root)
+        self._from_linear = {self.paths[n]: shape for n, shape in from_linear(graph).items()}
         if self._from_linear:
             self._register_load_state_dict_pre_hook(self._linear_weights_as_kernels)
 
@@ -56,17 +131,7 @@ class ArchModule(torch.nn.Module):
         linear_weights_as_kernels(state_dict, prefix, self._from_linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        env = {self._input: x}
-        for name, has_layer, fn, args, frees, extra in self._program:
-            layer = getattr(self, name) if has_layer else None
-            if extra:
-                env[name] = fn(layer, *(env[a] for a in args),
-                               **{role: getattr(self, attribute) for role, attribute in extra})
-            else:
-                env[name] = fn(layer, *(env[a] for a in args))
-            for value in frees:
-                del env[value]
-        return env[self._output]
+        return super().forward(x)
 
     def __prepare_scriptable__(self) -> torch.nn.Module:
         """What ``torch.jit.script(model)`` compiles: the forward traced into straight-line code

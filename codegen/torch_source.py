@@ -1,7 +1,8 @@
 """Lowering to the source text of a standalone PyTorch module file.
 
-The file reads like hand-written PyTorch: one attribute per layer in ``__init__``, one line
-per node in ``forward``. Output is deterministic (same graph, same bytes). Only validated
+The file reads like hand-written PyTorch: one class per block of the spec (a repeated call is
+an ``nn.Sequential`` built in a loop), one attribute per layer in ``__init__``, one line per
+layer or block call in ``forward``. Output is deterministic (same graph, same bytes). Only validated
 identifiers (node names, checked by the IR verifier, re-checked here) and numbers reach it.
 """
 
@@ -13,7 +14,8 @@ import math
 import re
 
 from archdsl.backends import TORCH, Backend, get
-from archdsl.codegen.torch_ops import from_linear, last_uses, lower
+from archdsl.codegen import hierarchy
+from archdsl.codegen.torch_ops import from_linear, lower
 from archdsl.ir import ArchGraph
 
 #: Names the emitted module binds at its top (its imports), which nothing it defines may shadow.
@@ -72,58 +74,165 @@ def _literal(value) -> str:
     raise ValueError(f"refusing to emit {value!r} into generated source")
 
 
+_VARIABLES = ("x", "y", "z", "u", "v", "w")
+
+
+class _Variables:
+    """The local variables of one forward: a value's variable is free again after its last
+    use, and a step's output takes the variable of the input it consumes last (``x =
+    self.conv1(x)``) or a free one, so a chain reads as one ``x`` and a residual block as two."""
+
+    def __init__(self):
+        self.free: list[str] = []
+        self.made = 0
+
+    def _new(self) -> str:
+        self.made += 1
+        n = self.made - 1
+        return _VARIABLES[n] if n < len(_VARIABLES) else f"x{n - len(_VARIABLES) + 1}"
+
+    def take(self, prefer: str | None = None) -> str:
+        if prefer is not None and prefer in self.free:
+            self.free.remove(prefer)
+            return prefer
+        if self.free:
+            self.free.sort(key=self._rank)
+            return self.free.pop(0)
+        return self._new()
+
+    @staticmethod
+    def _rank(name: str) -> tuple:
+        return (0, _VARIABLES.index(name)) if name in _VARIABLES else (1, int(name[1:]))
+
+
+class _Writer:
+    """Writes one class per distinct block call (identical calls share it) and the net's."""
+
+    def __init__(self, graph: ArchGraph, backend: Backend):
+        self.graph, self.backend = graph, backend
+        source = graph.graph["input"]
+        self.lowered = {n: lower(graph, n, backend) for n in graph.nodes if n != source}
+        self.imports = {"import torch", "import torch.nn as nn", "import torch.nn.functional as F"}
+        self.classes: list[str] = []  # class definitions, children first
+        self.bodies: dict[str, str] = {}  # a class's text after its name -> the class's name
+        self.names = Namespace(_RESERVED | {class_name(graph.graph["name"])})
+
+    def ctor(self, layer) -> str:
+        if layer.module == "torch.nn":
+            ctor = f"nn.{layer.cls}"
+        else:
+            self.imports.add(f"from {layer.module} import {layer.cls}")
+            ctor = layer.cls
+        args = [_literal(a) for a in layer.args]
+        args += [f"{k}={_literal(v)}" for k, v in layer.kwargs.items()]
+        return f"{ctor}({', '.join(args)})"
+
+    def child_ctor(self, child) -> str:
+        if isinstance(child, hierarchy.Level):
+            return f"{self.level_class(child)}()"
+        classes = [self.level_class(c) for c in child.copies]
+        container = "nn.Sequential" if child.chain else "nn.ModuleList"
+        if len(set(classes)) == 1 and len(classes) > 1:
+            inner = f"*[{classes[0]}() for _ in range({len(classes)})]"
+            return f"{container}({inner})" if child.chain else f"{container}([{classes[0]}() for _ in range({len(classes)})])"
+        if child.chain:
+            return f"{container}({', '.join(c + '()' for c in classes)})"
+        return f"{container}([{', '.join(c + '()' for c in classes)}])"
+
+    def init_lines(self, level: hierarchy.Level) -> list[str]:
+        lines = []
+        for kind, attr in level.members:
+            if kind == "child":
+                lines.append(f"        self.{attr} = {self.child_ctor(level.children[attr])}")
+                continue
+            node = level.nodes[attr]
+            low = self.lowered[node]
+            self.imports.update(low.imports)
+            if low.layer is not None:
+                lines.append(f"        self.{attr} = {self.ctor(low.layer)}")
+            for _, attribute, layer in low.extra:  # e.g. a fused conv's batch norm
+                here = hierarchy.extra_attr(level, node, attribute, self.graph)
+                lines.append(f"        self.{here} = {self.ctor(layer)}")
+        return lines
+
+    def forward_lines(self, level: hierarchy.Level) -> tuple[list[str], list[str]]:
+        """The signature's parameters and the body of ``forward``."""
+        variables = _Variables()
+        var = {value: variables.take() for value in level.inputs}
+        params = [var[v] for v in level.inputs]
+        last: dict[str, int] = {}
+        for i, step in enumerate(level.steps):
+            for arg in step.args:
+                last[arg] = i
+        lines = []
+        for i, step in enumerate(level.steps):
+            argv = [var[a] for a in step.args]
+            if step.node is not None:
+                low = self.lowered[step.node]
+                roles = {role: f"self.{hierarchy.extra_attr(level, step.node, attribute, self.graph)}"
+                         for role, attribute, _ in low.extra}
+                expr = low.expr.format(*argv, self=f"self.{step.attr}", **roles)
+            else:
+                name, _, index = step.attr.partition(".")
+                expr = f"self.{name}{f'[{index}]' if index else ''}({', '.join(argv)})"
+            dying = [a for a in dict.fromkeys(step.args) if last[a] == i and a not in level.outputs]
+            for value in dying:
+                variables.free.append(var[value])
+            prefer = var[step.args[0]] if step.args and step.args[0] in dying else None
+            targets = []
+            for out in step.outputs:
+                targets.append(variables.take(prefer))
+                var[out] = targets[-1]
+                prefer = None
+            shapes = ", ".join(str(self.graph.shape(o)) for o in step.outputs)
+            lines.append(f"        {', '.join(targets)} = {expr}  # {shapes}")
+        result = ", ".join(var[o] for o in level.outputs)
+        lines.append(f"        return {result}")
+        return params, lines
+
+    def level_class(self, level: hierarchy.Level) -> str:
+        init = self.init_lines(level)
+        params, forward = self.forward_lines(level)
+        count = sum(self.graph.nodes[n]["meta"].get("params", 0) for n in level.contains)
+        body = "\n".join([
+            f'    """Block {level.block}: {count:,} parameters."""',
+            "",
+            "    def __init__(self):",
+            "        super().__init__()",
+            *init,
+            "",
+            f"    def forward(self, {', '.join(params)}):",
+            *forward,
+        ])
+        name = self.bodies.get(body)
+        if name is None:
+            name = self.bodies[body] = self.names.create(class_name(level.block))
+            self.classes.append(f"class {name}(nn.Module):\n{body}\n")
+        return name
+
+
 def emit_source(graph: ArchGraph, backend: Backend | str = TORCH) -> str:
-    """The graph as a Python module defining one ``nn.Module`` subclass.
+    """The graph as a Python module: one ``nn.Module`` class per distinct block call (calls
+    that compile to the same layers share one), and the net's class, whose attributes and
+    submodules are those of the in-process module (:mod:`codegen.hierarchy`), so the two take
+    the same state_dict.
 
     Args:
         graph: a graph prepared for ``backend`` (:func:`archdsl.pipeline.lower_graph`).
         backend: the backend (or its name) whose lowerings to use.
     """
     backend = get(backend)
-    order = graph.order()
-    frees = last_uses(graph, order)
-    names = Namespace(_RESERVED)
-    var = {graph.graph["input"]: "x"}
-    for node in order[1:]:
-        var[node] = names.create(node)
-
-    imports = {"import torch", "import torch.nn as nn", "import torch.nn.functional as F"}
-    layers: dict[str, list[str]] = {}  # node -> its lines in __init__
-    forward = []
-    for node in order[1:]:
-        data = graph.nodes[node]
-        lowered = lower(graph, node, backend)
-        imports.update(lowered.imports)
-        owned = [(var[node], lowered.layer)] if lowered.layer is not None else []
-        roles = {}
-        for role, attribute, layer in lowered.extra:  # e.g. a fused conv's batch norm
-            attribute = names.create(attribute)
-            roles[role] = f"self.{attribute}"
-            owned.append((attribute, layer))
-        for attribute, layer in owned:
-            if layer.module == "torch.nn":
-                ctor = f"nn.{layer.cls}"
-            else:
-                imports.add(f"from {layer.module} import {layer.cls}")
-                ctor = layer.cls
-            args = [_literal(a) for a in layer.args]
-            args += [f"{k}={_literal(v)}" for k, v in layer.kwargs.items()]
-            layers.setdefault(node, []).append(f"        self.{attribute} = {ctor}({', '.join(args)})")
-        expr = lowered.expr.format(*(var[a] for a in data["args"]), self=f"self.{var[node]}", **roles)
-        line = f"        {var[node]} = {expr}"
-        dead = [var[v] for v in frees[node] if v != graph.graph["input"]]
-        if dead:
-            line += f"; del {', '.join(dead)}"
-        line += f"  # {graph.shape(node)}"
-        forward.append(line)
-    # The class and the locals of forward must not shadow what the imports bind.
+    root = hierarchy.tree(graph)
+    writer = _Writer(graph, backend)
+    init = writer.init_lines(root)
+    params, forward = writer.forward_lines(root)
+    imports = writer.imports
+    # The classes and the locals of forward must not shadow what the imports bind.
     assert {line.split()[-1] for line in imports} <= _IMPORTED, imports
-    # Layers are declared in the order the spec wrote them (the state_dict's order), which a
-    # fusion that rewires inputs does not change; forward runs in topological order.
-    init = [line for node in graph.nodes if node in layers for line in layers[node]]
 
-    converted = {var[n]: shape for n, shape in from_linear(graph).items()}
-    assert all(v.isidentifier() for v in converted)
+    where = hierarchy.paths(root)
+    converted = {where[n]: shape for n, shape in from_linear(graph).items()}
+    assert all(all(p.isidentifier() or p.isdigit() for p in v.split(".")) for v in converted)
     dense_doc, dense_attr, dense_load = [], [], []
     if converted:
         dense_doc = [
@@ -151,13 +260,13 @@ def emit_source(graph: ArchGraph, backend: Backend | str = TORCH) -> str:
         ]
 
     meta = graph.graph
-    params = ", ".join(f"{k}={v}" for k, v in sorted(meta.get("params", {}).items()))
+    params_text = ", ".join(f"{k}={v}" for k, v in sorted(meta.get("params", {}).items()))
     shape_in, shape_out = graph.input_shape, graph.output_shape
     doc = [
         f'    """{_plain_name(meta["name"])}: {graph.params:,} parameters, {graph.macs:,} MACs per sample.',
         "",
         f"    Input N x {shape_in}, output N x {shape_out}."
-        + (f" Built with {params}." if params and re.fullmatch(r"[\w=,. +-]*", params) else ""),
+        + (f" Built with {params_text}." if params_text and re.fullmatch(r"[\w=,. +-]*", params_text) else ""),
         *dense_doc,
         '    """',
     ]
@@ -167,6 +276,7 @@ def emit_source(graph: ArchGraph, backend: Backend | str = TORCH) -> str:
         *sorted(imports, key=lambda s: (s.startswith("from"), s)),
         "",
         "",
+        *[c + "\n" for c in writer.classes],
         f"class {class_name(meta['name'])}(nn.Module):",
         *doc,
         "",
@@ -175,9 +285,8 @@ def emit_source(graph: ArchGraph, backend: Backend | str = TORCH) -> str:
         "        super().__init__()",
         *init,
         "",
-        "    def forward(self, x):",
+        f"    def forward(self, {', '.join(params)}):",
         *forward,
-        f"        return {var[graph.graph['output']]}",
         *dense_load,
         "",
     ]

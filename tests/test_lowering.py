@@ -98,13 +98,15 @@ def test_softmax_true_ends_in_the_softmax_of_the_logits():
 
 
 def test_emitted_module_returns_logits_unless_built_with_softmax(tmp_path, capsys):
-    for flags, last in (([], "return fc1"), (["--softmax"], "return softmax1")):
+    # The forward's last computed line, before its return: the fc layer, or the softmax after it.
+    for flags, last in (([], "self.fc1("), (["--softmax"], "torch.softmax(")):
         out = tmp_path / f"small{len(flags)}.py"
         spec = tmp_path / "small.arch"
         spec.write_text(SMALL)
         assert main(["build", str(spec), "-o", str(out), *flags]) == 0
-        source = out.read_text()
-        assert source.rstrip().splitlines()[-1].strip() == last
+        lines = out.read_text().rstrip().splitlines()
+        assert lines[-1].strip() == "return x"
+        assert lines[-2].strip().startswith(f"x = {last}")
     capsys.readouterr()
 
 

@@ -48,13 +48,45 @@ class _Scope:
     values visible here (its own, then its parent's)."""
 
     def __init__(self, path: str = "", prefix: str = "", calls: tuple[str, ...] = (),
-                 parent: "_Scope | None" = None, body: tuple = ()):
+                 parent: "_Scope | None" = None, body: tuple = (), module: tuple[str, ...] = (),
+                 children: "dict | None" = None, blocks: tuple = ()):
         self.path, self.prefix, self.calls = path, prefix, calls
         self.parent, self.body = parent, body
         self.values: dict[str, tuple[str, Span]] = {}  # name -> (node, where it was defined)
+        # Where the nodes sit in the lowered module's hierarchy: the submodule path of this block
+        # call ("basic_stage2", "basic2", "0": the first copy of a repeated call), and the names
+        # given to the calls made in this block or net, shared by its nested scopes.
+        self.module = module
+        self.children: dict = {} if children is None else children
+        self.blocks = blocks  # (module path, block name) of this call and the calls around it
 
     def child(self, body: tuple) -> "_Scope":
-        return _Scope(self.path, self.prefix, self.calls, self, body)
+        return _Scope(self.path, self.prefix, self.calls, self, body, self.module, self.children, self.blocks)
+
+    def submodule(self, call: ast.Call, copy: int) -> tuple[str, ...]:
+        """The module path of copy ``copy`` of ``call`` made in this scope: a call named by its
+        label (``stage3 = basic_stage(...)``), else by its block and how many calls of that
+        block this block or net made before (``basic2``); a repeated call (``x{n}``) is a
+        sequence whose copies are ``0``, ``1``, ... So a key reads ``basic_stage2.basic2.0.conv1``,
+        and inserting a layer elsewhere renames nothing."""
+        key = (id(call), id(self))
+        name, _ = self.children.get(key, (None, None))
+        if name is None:
+            counts = self.children.setdefault("counts", {})
+            wanted = call.label.name if call.label is not None else None
+            if wanted is None:
+                counts[call.name] = counts.get(call.name, 0) + 1
+                wanted = f"{call.name}{counts[call.name]}"
+            if wanted.startswith("__"):  # an attribute name: "__b1" would be name-mangled in a class
+                wanted = "b" + wanted
+            taken = self.children.setdefault("taken", set())
+            name, i = wanted, 1
+            while name in taken:  # the same label in two copies of a repeated group
+                i += 1
+                name = f"{wanted}_{i}"
+            taken.add(name)
+            self.children[key] = (name, self)  # holding the scope keeps its id from being reused
+        return self.module + ((name, str(copy)) if call.repeat is not None else (name,))
 
     def lookup(self, name: str) -> tuple[str, Span] | None:
         scope = self
@@ -133,6 +165,8 @@ class Builder:
         tally(nodes=1)
         node = self.graph.nodes[name]
         node["meta"]["stmt"] = self.stmts if stmts is None else stmts
+        if scope.module:  # the submodule that will hold it, and its attribute name there
+            node["meta"]["module"] = (scope.module, name[len(scope.prefix):], scope.blocks)
         node["meta"]["shape"] = output_shape(op, attrs, [self.shape(a) for a in args], span)
         self.current = name
         return name
@@ -285,7 +319,9 @@ class Builder:
             ("b" if call.name.startswith("__") else "") + f"{call.name}{instance}_",
             scope.calls + (call.name,),
             body=block.body,
+            module=scope.submodule(call, self.stmts[-1][2] if self.stmts else 0),
         )
+        inner.blocks = scope.blocks + ((inner.module, call.name),)
         self.enter(call.span)
         try:
             self.body(block.body, local, inner)

@@ -48,7 +48,9 @@ def real_shapes(module, x, expected: dict[str, tuple[int, ...]] | None = None) -
                                      f"PyTorch produces {seen[name]}")
         return hook
 
-    _run_hooked(module, x, [(sub, recorder(name)) for name, sub in module.named_children()])
+    modules = dict(module.named_modules())
+    _run_hooked(module, x, [(modules[path], recorder(node)) for node, path in module.paths.items()
+                            if path in modules])
     return seen
 
 
@@ -94,50 +96,67 @@ def count_params(module) -> int:
 def source_module(graph: ArchGraph, backend: str = "torch", capture: Callable | None = None):
     """Emit ``graph`` as Python source, run it, and return an instance of its module class.
 
-    With ``capture``, every assignment in ``forward`` is followed by ``capture(name, value)``.
+    With ``capture``, the i-th assignment of every ``forward`` is followed by
+    ``capture(self, i, value)`` (a tuple of values where it assigns several).
     """
     import torch
 
-    from archdsl.codegen.torch_source import emit_source
+    from archdsl.codegen.torch_source import class_name, emit_source
 
     source = emit_source(graph, backend=backend)
     tree = pyast.parse(source)
     if capture is not None:
         for cls in (n for n in tree.body if isinstance(n, pyast.ClassDef)):
             for fn in (n for n in cls.body if isinstance(n, pyast.FunctionDef) and n.name == "forward"):
-                body = []
+                body, step = [], 0
                 for stmt in fn.body:
                     body.append(stmt)
-                    if isinstance(stmt, pyast.Assign) and len(stmt.targets) == 1 \
-                            and isinstance(stmt.targets[0], pyast.Name):
-                        name = stmt.targets[0].id
-                        body.append(pyast.parse(f"__archdsl_capture__({name!r}, {name})").body[0])
+                    if isinstance(stmt, pyast.Assign) and len(stmt.targets) == 1:
+                        value = pyast.unparse(stmt.targets[0])
+                        body.append(pyast.parse(f"__archdsl_capture__(self, {step}, ({value}))").body[0])
+                        step += 1
                 fn.body = body
         pyast.fix_missing_locations(tree)
     namespace: dict[str, Any] = {"__name__": "archdsl_generated", "__archdsl_capture__": capture}
     exec(compile(tree, f"<archdsl source of {graph.name}>", "exec"), namespace)  # noqa: S102
-    classes = [v for v in namespace.values()
-               if isinstance(v, type) and issubclass(v, torch.nn.Module) and v.__module__ == "archdsl_generated"]
-    if len(classes) != 1:
-        raise AssertionError(f"the emitted source defines {len(classes)} module classes, expected 1")
-    return classes[0]()
+    net = namespace.get(class_name(graph.name))
+    if not (isinstance(net, type) and issubclass(net, torch.nn.Module)):
+        raise AssertionError(f"the emitted source defines no module class {class_name(graph.name)!r}")
+    return net()
 
 
 def emitted_shapes(graph: ArchGraph, module, x, expected: dict[str, tuple[int, ...]] | None = None):
     """Run the emitted source of ``graph`` with ``module``'s weights on ``x``: the shape of one
-    sample of every value its ``forward`` assigns (by variable name), and its output. With
+    sample of every node's value as the emitted ``forward`` methods assign it (each line of a
+    block's forward is a step of its level in :mod:`codegen.hierarchy`), and the output. With
     ``expected``, raise AssertionError at the first value whose shape differs."""
     import torch
 
+    from archdsl.codegen import hierarchy
+
+    root = hierarchy.tree(graph)
+    steps: dict[tuple[str, ...], list] = {}  # module path -> its level's steps
+    for level in hierarchy.levels(root):
+        steps[level.path] = level.steps
+    where: dict[int, tuple[str, ...]] = {}  # id(instance) -> its module path
     seen: dict[str, tuple[int, ...]] = {}
 
-    def capture(name, value):
-        seen[name] = tuple(value.shape[1:])
-        if expected is not None and name in expected and seen[name] != tuple(expected[name]):
-            raise AssertionError(f"node {name!r}: inferred shape {tuple(expected[name])}, "
-                                 f"the emitted source produces {seen[name]}")
+    def capture(instance, i, value):
+        step = steps[where[id(instance)]][i]
+        values = value if len(step.outputs) > 1 else (value,)
+        for node, v in zip(step.outputs, values, strict=True):
+            if node not in graph.nodes or graph.nodes[node]["op"] is Op.INPUT:
+                continue
+            seen[node] = tuple(v.shape[1:])
+            if expected is not None and node in expected and seen[node] != tuple(expected[node]):
+                raise AssertionError(f"node {node!r}: inferred shape {tuple(expected[node])}, "
+                                     f"the emitted source produces {seen[node]}")
 
     emitted = source_module(graph, capture=capture)
+    for path, sub in emitted.named_modules():
+        key = tuple(path.split(".")) if path else ()
+        if key in steps:
+            where[id(sub)] = key
     emitted.load_state_dict(module.state_dict(), strict=True)
     emitted.eval()
     with torch.no_grad():
