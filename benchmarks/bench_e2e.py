@@ -325,7 +325,6 @@ def measure_graph(result: Result, fn, x, reference, args, deadline) -> None:
     result.graph_images_per_s = args.batch / (result.graph_ms / 1e3)
     print(f"  {result.net:10s} {result.variant + ', CUDA graph':24s} {result.graph_ms:8.2f} ms  "
           f"{result.graph_images_per_s:9.0f} img/s", flush=True)
-    del graph, static_x, static_y
 
 
 def fmt(v: float, spec: str) -> str:
@@ -403,9 +402,7 @@ def main(argv=None) -> int:
 
     def emit(result: Result) -> None:
         results.append(result)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(render(header, results, fused) + "\n")
+        common.write_table(render(header, results, fused), "e2e.md", args.out)
 
     deadline = time.time() + args.budget_s if args.budget_s else 0.0
     for net in args.nets:
@@ -419,11 +416,10 @@ def main(argv=None) -> int:
         print(f"{net} (LRN): {fused[net]}", flush=True)
         measure_net("lrn", net, spec, params, LRN_VARIANTS, args, emit, deadline)
 
-    text = render(header, results, fused)
+    text = common.write_table(render(header, results, fused), "e2e.md", args.out)
     print()
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
         print(f"\nwrote {args.out}")
     return 0
 
