@@ -1,7 +1,8 @@
 """The command line: ``archdsl build | check | summary | list | eval | fmt | kernels``.
 
 Errors in a spec print as ``file:line:col: error: ...`` with the line and a caret, and exit 2;
-so does an argument that cannot be used (an output path that is a device, say); an internal
+warnings about a spec print the same way (``file:line:col: warning: ...``), and the command goes
+on; an argument that cannot be used (an output path that is a device, say); an internal
 error (a bug in archdsl) prints as one, without a traceback, and exits 3.
 
 Each command is a :class:`Command` in :data:`COMMANDS`: its arguments, the function that runs
@@ -11,7 +12,9 @@ it and an example for its help. A new command is one more entry (:func:`register
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
 from typing import Callable
 
 from archdsl.arguments import OUTPUT_DIR, Command, check_output, write_atomic
@@ -19,7 +22,7 @@ from archdsl.arguments import limits_of as _limits
 from archdsl.arguments import load_spec as _load
 from archdsl.arguments import output_path as _output_path
 from archdsl.arguments import spec_args as _spec_args
-from archdsl.errors import SpecError, UsageError, printable
+from archdsl.errors import SpecError, SpecWarning, UsageError, printable
 from archdsl.limits import DEFAULT, tally
 from archdsl.registry import list_specs
 
@@ -351,10 +354,31 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+@contextlib.contextmanager
+def _spec_warnings_as_diagnostics():
+    """Print a :class:`SpecWarning` as a spec error prints: ``file:line:col: warning: ...`` and
+    its caret lines. Python's own form would prefix the place in archdsl that warned
+    (``.../expand.py:613: SpecWarning:``), which means nothing to the spec's author. Other
+    warnings keep Python's form; the previous ``warnings.showwarning`` is restored on exit."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, SpecWarning):
+            return shown(message, category, filename, lineno, file, line)
+        print(message, file=sys.stderr if file is None else file)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return COMMANDS[args.command].run(args)
+        with _spec_warnings_as_diagnostics():
+            return COMMANDS[args.command].run(args)
     except SpecError as err:
         print(err, file=sys.stderr)
         return 2

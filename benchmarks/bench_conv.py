@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -390,17 +389,12 @@ def main(argv=None) -> int:
         validate_all_configs()
         print(f"all configs ok ({time.time() - t0:.0f}s)\n", flush=True)
 
-    out_dir = os.environ.get("OUT")
     rows: list[Row] = []
     totals: dict = {}
     skipped: list[str] = []
 
     def write_table() -> str:
-        text = render(header, rows, totals, skipped)
-        if out_dir:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            Path(out_dir, "conv.md").write_text(text + "\n")
-        return text
+        return common.write_table(render(header, rows, totals, skipped), "conv.md")
 
     for net in args.nets:
         for shape, names in distinct_shapes(NETS[net]()):

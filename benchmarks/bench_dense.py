@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import platform
 import re
 import statistics
@@ -42,6 +41,8 @@ from archdsl import evaluation as ev  # noqa: E402
 from archdsl.passes.fc_to_conv import fc_to_conv  # noqa: E402
 from archdsl.passes.logits import drop_output_softmax  # noqa: E402
 from archdsl.registry import resolve_spec  # noqa: E402
+
+import common  # noqa: E402  (benchmarks/common.py)
 
 
 def vgg16_text(width_div: int) -> str:
@@ -138,12 +139,7 @@ def main(argv=None) -> int:
         f"Dense is **{crop_s / dense_s:.1f}x** faster than {evaluator.crops_per_image(scales)}-crop evaluation "
         f"({crop_m / dense_m:.1f}x fewer multiply-accumulates).",
     ]
-    table = "\n".join(lines)
-    if os.environ.get("OUT"):
-        out = Path(os.environ["OUT"]) / "dense.md"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(table + "\n")
-    print(table)
+    print(common.write_table("\n".join(lines), "dense.md"))
     return 0
 
 

@@ -10,7 +10,14 @@ in eval mode under ``torch.inference_mode``, it measures images/s of
     compile              ``torch.compile`` of the torch-backend module (default mode)
     compile-max-autotune ``torch.compile(mode="max-autotune-no-cudagraphs")`` of the same
 
-and, for the LRN nets (AlexNet and VGG A-LRN, ``vgg_a_lrn``), a second table per backend with
+The ``torch`` and ``triton`` rows are measured twice: as plain calls, and as replays of a CUDA
+graph that captured one forward (after the warm-up, on a static input buffer). A replay launches
+every kernel of the net from one host call, so it shows what each backend's kernels take once
+the Python launch path is gone; both are set beside ``torch.compile`` (its default mode, which
+launches from Python too) in the same run. Without CUDA (``--smoke``) there are no graphs: those
+cells read "n/a (no CUDA)".
+
+And, for the LRN nets (AlexNet and VGG A-LRN, ``vgg_a_lrn``), a second table per backend with
 one more variant, ``triton, LRN in PyTorch`` (the triton backend with its LRN layers switched
 to PyTorch's), which separates what the LRN kernel gains from what the conv kernel gains.
 
@@ -77,6 +84,10 @@ SMOKE_NETS = {"cifar_resnet": ("cifar_resnet", {"n": 1})}
 DEVICE = "cuda"
 
 VARIANTS = ("torch", "triton", "compile", "compile-max-autotune")
+#: the variants also timed as CUDA-graph replays (the torch.compile ones are not captured: their
+#: default mode is what they are compared as)
+GRAPH_VARIANTS = ("torch", "triton")
+NO_CUDA = "n/a (no CUDA)"
 LRN_VARIANTS = ("torch", "triton", "triton, LRN in PyTorch")
 
 
@@ -143,6 +154,9 @@ class Result:
     images_per_s: float
     err: float  # relative error of the logits against the torch backend's (nan for that one)
     note: str = ""
+    graph_ms: float = float("nan")  # median time per batch of a CUDA-graph replay
+    graph_images_per_s: float = float("nan")
+    graph_note: str = ""  # why there is no graph_ms (no CUDA, capture failed, time budget)
 
 
 def randomise_bn(module: torch.nn.Module, seed: int = 0) -> None:
@@ -179,6 +193,34 @@ def time_ms(fn, x, args) -> float:
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / args.iters)
     return statistics.median(times)
+
+
+def capture(fn, x, args):
+    """A CUDA graph of one ``fn`` call and its static input and output, or a reason why none.
+
+    ``fn`` is called ``args.warmup`` (at least 3) times on a side stream first, as
+    ``torch.cuda.graphs`` asks: autotuning, cuDNN's algorithm search and lazy allocations happen
+    there, not in the capture. Replays read the input from the static buffer, so a new batch is
+    a ``copy_`` into it.
+    """
+    if DEVICE != "cuda":
+        return NO_CUDA
+    static_x = x.clone()
+    try:
+        with torch.inference_mode():
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(max(args.warmup, 3)):
+                    fn(static_x)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_y = fn(static_x)
+    except Exception as exc:  # what a backend does on the host may not be capturable
+        torch.cuda.synchronize()
+        return f"capture failed ({type(exc).__name__})"
+    return graph, static_x, static_y
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -252,11 +294,37 @@ def measure_net(table: str, net: str, spec: str, params: dict, variants, args, e
             raise SystemExit(f"bench_e2e.py: {net} [{variant}] disagrees with the torch backend: "
                              f"relative error of the logits {err:.3g}")
         ms = time_ms(fn, x, args)
-        emit(Result(table, net, variant, ms, args.batch / (ms / 1e3), err,
-                    f"first call {setup_s:.0f} s" if setup_s >= 1 else ""))
+        result = Result(table, net, variant, ms, args.batch / (ms / 1e3), err,
+                        f"first call {setup_s:.0f} s" if setup_s >= 1 else "")
         print(f"  {net:10s} {variant:24s} {ms:8.2f} ms  {args.batch / (ms / 1e3):9.0f} img/s", flush=True)
+        if table == "main" and variant in GRAPH_VARIANTS:
+            measure_graph(result, fn, x, reference, args, deadline)
+        emit(result)
     del fns
     common.empty_cache(DEVICE)
+
+
+def measure_graph(result: Result, fn, x, reference, args, deadline) -> None:
+    """Time ``fn`` as CUDA-graph replays into ``result.graph_ms`` (or say why not in
+    ``result.graph_note``), after checking the replayed logits as the plain call's were."""
+    if deadline and time.time() > deadline:
+        result.graph_note = "not run (time budget)"
+        return
+    captured = capture(fn, x, args)
+    if isinstance(captured, str):
+        result.graph_note = captured
+        return
+    graph, static_x, static_y = captured
+    static_x.copy_(x)
+    graph.replay()
+    err = rel_err(static_y.float(), reference)
+    if result.variant != "torch" and not err < 5e-2:
+        raise SystemExit(f"bench_e2e.py: {result.net} [{result.variant}, CUDA graph] disagrees with the torch "
+                         f"backend: relative error of the logits {err:.3g}")
+    result.graph_ms = time_ms(lambda _x: graph.replay(), static_x, args)
+    result.graph_images_per_s = args.batch / (result.graph_ms / 1e3)
+    print(f"  {result.net:10s} {result.variant + ', CUDA graph':24s} {result.graph_ms:8.2f} ms  "
+          f"{result.graph_images_per_s:9.0f} img/s", flush=True)
 
 
 def fmt(v: float, spec: str) -> str:
@@ -273,17 +341,35 @@ def render(header: list[str], results: list[Result], fused: dict[str, str]) -> s
         if not rows:
             continue
         base = {r.net: r.images_per_s for r in rows if r.variant == "torch"}
-        out += ["", title, "",
-                "| net | variant | ms / batch | images/s | vs torch | rel. err of logits | note |",
-                "|---|---|---|---|---|---|---|"]
+        graphs = table == "main"
+        columns = ["net", "variant", "ms / batch", "images/s", "vs torch"]
+        if graphs:
+            columns += ["vs compile", "CUDA graph: ms / batch", "CUDA graph: images/s", "CUDA graph: vs compile"]
+        columns += ["rel. err of logits", "note"]
+        out += ["", title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        compile_ms = {r.net: r.ms for r in rows if r.variant == "compile"}
         for r in rows:
             speed = r.images_per_s / base[r.net] if r.net in base else float("nan")
-            out.append(f"| {r.net} | {r.variant} | {fmt(r.ms, '.2f')} | {fmt(r.images_per_s, '.0f')} "
-                       f"| {fmt(speed, '.2f')} | {fmt(r.err, '.2g')} | {r.note} |")
+            cells = [r.net, r.variant, fmt(r.ms, ".2f"), fmt(r.images_per_s, ".0f"), fmt(speed, ".2f")]
+            if graphs:
+                versus = compile_ms.get(r.net, float("nan"))
+                cells.append(fmt(versus / r.ms, ".2f") if r.variant != "compile" else "1.00")
+                if r.variant not in GRAPH_VARIANTS:
+                    cells += ["-", "-", "-"]
+                elif r.graph_ms == r.graph_ms:
+                    cells += [fmt(r.graph_ms, ".2f"), fmt(r.graph_images_per_s, ".0f"),
+                              fmt(versus / r.graph_ms, ".2f")]
+                else:
+                    cells += [r.graph_note or "-"] * 3
+            cells += [fmt(r.err, ".2g"), r.note]
+            out.append("| " + " | ".join(cells) + " |")
     if fused:
         out += ["", "Fused by the triton backend: "
                 + "; ".join(f"{net}: {text}" for net, text in fused.items())]
-    out += ["", "vs torch: throughput relative to archdsl's torch backend (eager PyTorch, cuDNN); > 1 is faster."]
+    out += ["", "vs torch: throughput relative to archdsl's torch backend (eager PyTorch, cuDNN); > 1 is faster. "
+            "vs compile: the same relative to torch.compile (default mode) of the torch backend's module. "
+            "CUDA graph: the row's module captured in a CUDA graph after its warm-up and replayed "
+            "(the torch.compile rows are not captured)."]
     return "\n".join(out)
 
 
@@ -308,16 +394,15 @@ def main(argv=None) -> int:
         f"- batch {args.batch}, {args.size}x{args.size}, {str(DTYPE).replace('torch.', '')}, channels_last, "
         "eval mode, torch.inference_mode",
         f"- timing: median over {args.reps} repetitions of {args.iters} back-to-back calls (CUDA events), "
-        f"after {args.warmup} warm-up calls (Triton autotuning, torch.compile compilation)",
+        f"after {args.warmup} warm-up calls (Triton autotuning, torch.compile compilation); "
+        "CUDA graph columns: the same timing of graph replays, the input in the graph's static buffer",
     ]
     results: list[Result] = []
     fused: dict[str, str] = {}
 
     def emit(result: Result) -> None:
         results.append(result)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(render(header, results, fused) + "\n")
+        common.write_table(render(header, results, fused), "e2e.md", args.out)
 
     deadline = time.time() + args.budget_s if args.budget_s else 0.0
     for net in args.nets:
@@ -331,11 +416,10 @@ def main(argv=None) -> int:
         print(f"{net} (LRN): {fused[net]}", flush=True)
         measure_net("lrn", net, spec, params, LRN_VARIANTS, args, emit, deadline)
 
-    text = render(header, results, fused)
+    text = common.write_table(render(header, results, fused), "e2e.md", args.out)
     print()
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
         print(f"\nwrote {args.out}")
     return 0
 

@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import archdsl  # noqa: E402
 from archdsl.limits import Limits  # noqa: E402
 
+import common  # noqa: E402  (benchmarks/common.py)
+
 
 def timed(fn, repeat: int) -> float:
     fn()  # warm: grammar compiled, files cached
@@ -125,11 +127,7 @@ def main() -> None:
         "| measurement | time | note |",
         "| --- | ---: | --- |",
     ]
-    table = "\n".join(head + [f"| {a} | {b} | {c} |" for a, b, c in rows])
-    out = os.environ.get("OUT")
-    if out:
-        Path(out, "frontend.md").write_text(table + "\n")
-    print(table)
+    print(common.write_table("\n".join(head + [f"| {a} | {b} | {c} |" for a, b, c in rows]), "frontend.md"))
 
 
 if __name__ == "__main__":

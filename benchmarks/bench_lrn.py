@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 import time
 from pathlib import Path
@@ -171,14 +170,9 @@ def main(argv=None) -> int:
     ]
     rows: list[list[str]] = []
     skipped: list[str] = []
-    out_dir = os.environ.get("OUT")
 
     def write_table() -> str:
-        text = render(header, rows, skipped)
-        if out_dir:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            Path(out_dir, "lrn.md").write_text(text)
-        return text
+        return common.write_table(render(header, rows, skipped), "lrn.md")
 
     def fail(message: str) -> int:
         write_table()

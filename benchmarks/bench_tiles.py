@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 import time
 from pathlib import Path
@@ -109,10 +108,7 @@ def main(argv=None) -> int:
 
     def write_table() -> str:
         text = "\n".join(header + rows + ([f"\nNot measured (time budget): {', '.join(skipped)}"] if skipped else []))
-        if os.environ.get("OUT"):
-            Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)
-            Path(os.environ["OUT"], "tiles.md").write_text(text + "\n")
-        return text
+        return common.write_table(text, "tiles.md")
 
     t_start = time.time()
     for name, c_in, c_out, hw in args.layers:

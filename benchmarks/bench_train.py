@@ -41,6 +41,8 @@ from archdsl.workflow.recipes import recipe  # noqa: E402
 from archdsl.workflow.runs import read_metrics  # noqa: E402
 from archdsl.workflow.train import Options, logits_module, train  # noqa: E402
 
+import common  # noqa: E402  (benchmarks/common.py)
+
 
 def hand_loop(graph, images, labels, mean, std, batch, device, cuda, seed):
     """Images/s of each step of a plain PyTorch training loop, written as one would by hand
@@ -133,10 +135,7 @@ def main() -> int:
         f"| hand-written PyTorch | {h:,.1f} | 1.000 | {hb:,.1f} | 1.000 |",
         f"| archdsl train | {a:,.1f} | **{a / h:.3f}** | {ab:,.1f} | {ab / hb:.3f} |",
     ]
-    text = "\n".join(lines)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "train.md").write_text(text + "\n")
-    print(text)
+    print(common.write_table("\n".join(lines), "train.md"))
     return 0
 
 

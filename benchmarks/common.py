@@ -1,10 +1,13 @@
-"""What the GPU benchmark scripts share: the device they run on, and ``--smoke``.
+"""What the benchmark scripts share: the device they run on, ``--smoke``, and the report file.
 
 On the GPU machine a script runs on ``cuda`` and times compiled Triton kernels. ``--smoke``
 runs the same script, every code path of it, once on the CPU: Triton's interpreter for the
 kernels, fp32 (the interpreter has no bfloat16), tiny shapes, and a wall clock instead of CUDA
 timing. It proves the script works end to end (CI runs it, so the scripts cannot rot between
 GPU sessions); its numbers mean nothing and are labelled so.
+
+Every script writes its markdown table with :func:`write_table`: to ``$OUT/<name>.md`` when
+``OUT`` is set, after every row, so a run cut short still leaves the rows it measured.
 """
 
 from __future__ import annotations
@@ -13,10 +16,26 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 SMOKE_NOTE = "SMOKE RUN on the CPU (Triton interpreter, tiny shapes): the numbers mean nothing"
+
+
+def write_table(text: str, name: str, path: str | os.PathLike | None = None) -> str:
+    """Write a script's markdown report and return it (scripts print what it returns last).
+
+    It goes to ``path`` if given, else to ``$OUT/<name>`` when ``OUT`` is set, else nowhere.
+    Scripts call it after every row: a step killed by its timeout or stopped by a failed check
+    still leaves its rows. The file ends in exactly one newline.
+    """
+    if path is None and os.environ.get("OUT"):
+        path = Path(os.environ["OUT"], name)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text if text.endswith("\n") else text + "\n")
+    return text
 
 
 def add_smoke_flag(parser) -> None:

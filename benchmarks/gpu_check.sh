@@ -5,7 +5,8 @@
 #
 #   1. tiles.md  every kept conv tile config on VGG-16 conv1_2/conv3_2/conv4_2/conv5_2 next to
 #                cuDNN conv alone, cuDNN conv+bias+ReLU and a cuBLAS GEMM of the same M x N x K
-#   2. e2e.md    VGG-16 bf16 batch 64 images/s: eager (torch backend), triton, torch.compile
+#   2. e2e.md    VGG-16 bf16 batch 64 images/s: eager (torch backend), triton, torch.compile;
+#                eager and triton also as CUDA-graph replays, each against torch.compile
 #   3. lrn.md    AlexNet's LRN1 in bf16, NCHW and channels_last, forward and backward, as
 #                CUDA-graph replays, as a share of a copy kernel measured in the same run
 #   4. conv.md   the VGG-16 layers of bench_conv (Triton, cuDNN conv+bias+ReLU, cuDNN conv,

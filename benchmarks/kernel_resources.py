@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     import triton
 
     import archdsl
+    import common  # benchmarks/common.py (it imports torch: after the cache is chosen)
     from archdsl.codegen.triton import aot
     from archdsl.pipeline import lower_graph
 
@@ -91,10 +92,7 @@ def main(argv=None) -> int:
         "|" + "|".join(" --- " for _ in cols) + "|",
         *("| " + " | ".join(r) + " |" for r in rows),
     ]
-    text = "\n".join(lines)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "kernel_resources.md").write_text(text + "\n")
-    print(text)
+    print(common.write_table("\n".join(lines), "kernel_resources.md"))
     return 0
 
 

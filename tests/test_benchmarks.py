@@ -12,6 +12,7 @@ what can fail. bench_dense.py runs on the CPU as it is, at a reduced width.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -58,6 +59,44 @@ def test_gpu_check_runs_every_benchmark_end_to_end_in_smoke_mode(tmp_path):
         if cell is not None:
             assert all(cell in row[0] or cell in row for row in rows[1:] if row[0] not in ("net", "shape")), text
         assert text.strip() in (tmp_path / f"{step}.log").read_text()  # the table is printed last
+    # Without CUDA there are no graphs: the CUDA-graph cells of the rows that have them say so.
+    rows = _table_rows((tmp_path / "e2e.md").read_text())
+    graph_cells = [i for i, name in enumerate(rows[0]) if name.startswith("CUDA graph")]
+    assert len(graph_cells) == 3, rows[0]
+    for row in rows[1:4]:  # the whole-network table: torch, triton, compile
+        assert [row[i] for i in graph_cells] == (["n/a (no CUDA)"] * 3 if row[1] in ("torch", "triton")
+                                                 else ["-"] * 3), row
+
+
+def _load_benchmark(name: str, monkeypatch):
+    """A benchmark script as a module; it imports common.py as a script would, from its folder."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_e2e_table_sets_cuda_graph_replays_beside_torch_compile(monkeypatch):
+    e2e = _load_benchmark("bench_e2e", monkeypatch)
+    results = [
+        e2e.Result("main", "net", "torch", 20.0, 3200.0, float("nan"), graph_ms=10.0, graph_images_per_s=6400.0),
+        e2e.Result("main", "net", "triton", 16.0, 4000.0, 1e-3, graph_note="capture failed (RuntimeError)"),
+        e2e.Result("main", "net", "compile", 15.0, 64 / 0.015, 1e-3),
+    ]
+    rows = _table_rows(e2e.render([], results, {}))
+    cols = rows[0]
+    by_variant = {row[1]: dict(zip(cols, row)) for row in rows[1:]}
+    torch_row, triton_row, compile_row = by_variant["torch"], by_variant["triton"], by_variant["compile"]
+    assert torch_row["vs compile"] == "0.75"  # 15 ms / 20 ms
+    assert torch_row["CUDA graph: ms / batch"] == "10.00"
+    assert torch_row["CUDA graph: images/s"] == "6400"
+    assert torch_row["CUDA graph: vs compile"] == "1.50"  # 15 ms / 10 ms
+    assert triton_row["vs compile"] == "0.94"
+    assert all(triton_row[c] == "capture failed (RuntimeError)" for c in cols if c.startswith("CUDA graph"))
+    assert compile_row["vs compile"] == "1.00"
+    assert all(compile_row[c] == "-" for c in cols if c.startswith("CUDA graph"))
 
 
 def test_gpu_benchmarks_refuse_to_time_without_a_gpu(tmp_path):

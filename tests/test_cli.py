@@ -194,3 +194,17 @@ def test_failed_build_leaves_existing_output(tmp_path, capsys):
 def test_commands_take_bundled_names(command, capsys):
     assert main([command, "alexnet", "--set", "groups=1"]) == 0
     assert "62,378,344" in capsys.readouterr().out
+
+
+def test_a_spec_warning_prints_as_a_spec_error_does(tmp_path, capsys):
+    import warnings
+
+    spec = tmp_path / "v.arch"
+    spec.write_text("net v : 3x32x32 {\n  conv3-8; maxpool\n  fc-10\n}\n")
+    shown = warnings.showwarning
+    assert main(["check", str(spec), "--input", "3x64x64"]) == 0
+    err = capsys.readouterr().err
+    assert f"{spec}:3:3: warning: fc-10 receives 8192 features (8x32x32) at input 3x64x64" in err
+    assert "    fc-10\n" in err and "^" in err  # the line and its caret, as an error shows them
+    assert "SpecWarning" not in err and "expand.py" not in err
+    assert warnings.showwarning is shown  # restored

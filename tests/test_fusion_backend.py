@@ -87,14 +87,25 @@ def assert_close_logs(a, b, softmax: bool):
     torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
 
 
-def same_training_step(ref, tri, x, softmax=True, seed=1):
+def same_training_step(ref, tri, x, softmax=True, seed=1, kernels=None, every_grad=False):
     """Train-mode forward (dropout masks drawn alike), backward; outputs, gradients and the
-    updated BN running statistics agree."""
+    updated BN running statistics agree.
+
+    ``kernels``: the ``kernels_only`` fixture's (install, remove), installed around the triton
+    module's forward, so its convs must all run in the Triton kernel. ``every_grad``: every
+    parameter gets a non-zero gradient (nothing between the loss and it is cut off).
+    """
+    install, remove = kernels or (lambda: None, lambda: None)
     ref.train(), tri.train()
     outs = []
     for m in (ref, tri):
         torch.manual_seed(seed)
-        y = m(x)
+        if m is tri:
+            install()
+        try:
+            y = m(x)
+        finally:
+            remove()
         if y.requires_grad:  # a graph may have no parameters at all
             (y.clamp_min(1e-30).log() if softmax else y).square().mean().backward()
         outs.append(y)
@@ -103,6 +114,8 @@ def same_training_step(ref, tri, x, softmax=True, seed=1):
     grads_tri = {k: p.grad for k, p in tri.named_parameters()}
     assert grads_ref.keys() == grads_tri.keys()
     for k in grads_ref:
+        if every_grad:
+            assert grads_tri[k] is not None and grads_tri[k].abs().sum() > 0, k
         torch.testing.assert_close(grads_tri[k], grads_ref[k], rtol=1e-3, atol=1e-5, msg=k)
     sd_ref, sd_tri = ref.state_dict(), tri.state_dict()
     for k in sd_ref:
@@ -411,20 +424,7 @@ def test_triton_backend_agrees_with_torch_on_a_tiny_net(kernels_only, monkeypatc
         remove()
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     # training: kernel forward (BN on batch statistics in between), PyTorch gradients
-    ref.train(), tri.train()
-    ys = []
-    for m in (ref, tri):
-        if m is tri:
-            install()
-        y = m(x)
-        remove()
-        y.square().mean().backward()
-        ys.append(y)
-    torch.testing.assert_close(ys[1], ys[0], rtol=1e-4, atol=1e-5)
-    for (k, p), q in zip(ref.named_parameters(), tri.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=k)
-    for k, v in ref.state_dict().items():
-        torch.testing.assert_close(tri.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    same_training_step(ref, tri, x, softmax=False, kernels=kernels_only)
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,19 +533,7 @@ def test_triton_backend_pools_in_the_kernel_and_agrees_with_torch(kernels_only, 
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     # training: the kernel's conv, then F.max_pool2d; gradients flow to every parameter
-    ref.train(), tri.train()
-    ys = []
-    for m in (ref, tri):
-        if m is tri:
-            install()
-        y = m(x)
-        remove()
-        y.square().mean().backward()
-        ys.append(y)
-    torch.testing.assert_close(ys[1], ys[0], rtol=1e-4, atol=1e-5)
-    for (k, p), q in zip(ref.named_parameters(), tri.parameters()):
-        assert q.grad is not None and q.grad.abs().sum() > 0, k
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=k)
+    same_training_step(ref, tri, x, softmax=False, kernels=kernels_only, every_grad=True)
 
 
 @pytest.mark.parametrize("name", [s.name for s in archdsl.list_specs()])

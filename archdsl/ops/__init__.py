@@ -25,6 +25,8 @@ Op groups (sets of :class:`Op`), which passes match instead of naming ops:
 * :data:`NORMS` -- normalisations; :data:`BEFORE_ACTIVATION` those a layer's implied ReLU follows
 * :data:`MERGES` -- ops that combine two tensors
 * :data:`WEIGHTED` -- ops owning a weight whose multiply-accumulates count as MACs
+* :data:`COMMUTES_WITH_AVERAGE` -- per-channel ops that commute with a spatial average in eval
+  mode, so a global average pooling can move past them (:mod:`archdsl.passes.fc_to_conv`)
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from archdsl.ops.base import Dsl, Layer, Lowered, OpDef, ShapeError
 from archdsl.shape import Shape
 
 __all__ = [
-    "ACTIVATIONS", "BEFORE_ACTIVATION", "CONV_LIKE", "DSL_NAMES", "Dsl", "GLOBAL_POOLS", "Layer",
+    "ACTIVATIONS", "BEFORE_ACTIVATION", "COMMUTES_WITH_AVERAGE", "CONV_LIKE", "DSL_NAMES", "Dsl", "GLOBAL_POOLS", "Layer",
     "Lowered", "MERGES", "NORMS", "Op", "OpDef", "POINTWISE", "POOLS", "ShapeError", "TABLE",
     "WEIGHTED", "describe", "output_shape",
 ]
@@ -69,6 +71,7 @@ NORMS = _group("norm")
 BEFORE_ACTIVATION = _group("before_activation")
 MERGES = _group("merge")
 WEIGHTED = _group("weighted")
+COMMUTES_WITH_AVERAGE = _group("commutes_with_average")
 
 #: Every name a spec may write for a layer (lower case, aliases included) -> its op.
 DSL_NAMES: dict[str, Op] = {name: op for op, row in TABLE.items() if row.dsl for name in row.dsl.names}

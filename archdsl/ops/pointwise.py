@@ -52,7 +52,7 @@ register(
           dsl=Dsl(("shuffle", "channel_shuffle"), simple_dsl(groups=2), ("groups",),
                   doc="shuffle groups=G: ShuffleNet's channel shuffle across G groups (2)")),
     OpDef("DROPOUT", "dropout", 1, {"p": float}, same_shape, lambda a, x: call("torch.nn", "Dropout", a["p"]),
-          node_name="dropout", groups=frozenset({"pointwise"}), describe=lambda a: f"dropout {a['p']:g}",
+          node_name="dropout", groups=frozenset({"pointwise", "commutes_with_average"}), describe=lambda a: f"dropout {a['p']:g}",
           dsl=Dsl(("dropout",), simple_dsl(check=_dropout_check, p=0.5), ("p",), doc="dropout: dropout, p=0.5")),
     OpDef("SOFTMAX", "softmax", 1, {}, same_shape,
           lambda a, x: Lowered(None, "torch.softmax({0}, dim=1)", module=nn("Softmax", dim=1)),

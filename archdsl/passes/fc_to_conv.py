@@ -36,12 +36,9 @@ import networkx as nx
 
 from archdsl.errors import SpecError
 from archdsl.ir import ArchGraph, Op, Shape, verify
-from archdsl.ops import describe
+from archdsl.ops import COMMUTES_WITH_AVERAGE, describe
 from archdsl.passes.analysis import analyse
 from archdsl.passes.shapes import infer_shapes
-
-# Ops that commute with a spatial average (in eval mode), so a global pooling can move past them.
-_COMMUTES = frozenset({Op.DROPOUT, Op.BATCHNORM})
 
 
 def is_dense(graph: ArchGraph) -> bool:
@@ -107,7 +104,7 @@ def _move_global_pooling(graph: ArchGraph) -> None:
             graph.remove_node(node)
             node = source
             continue
-        if op in _COMMUTES or (op is Op.SOFTMAX and node == graph.graph["output"]) \
+        if op in COMMUTES_WITH_AVERAGE or (op is Op.SOFTMAX and node == graph.graph["output"]) \
                 or (op is Op.CONV and _is_pointwise_conv(data["attrs"])):
             node = data["args"][0]
             continue
