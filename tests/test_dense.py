@@ -391,8 +391,10 @@ def test_shared_random_graphs_dense_form(graph, grow):
         return
     assert not any(d["op"] in (Op.LINEAR, Op.GLOBAL_AVGPOOL) for _, d in dense.ops())
     shared.check_lowering(dense)
-    fc = randomise(archdsl.compile(scores), seed=9)
-    module = archdsl.compile(dense).eval()
+    # Both graphs are already the scores graph: compile them as they are (softmax=True keeps a
+    # softmax the dense form leaves last, e.g. before a 1x1 global pooling it removed).
+    fc = randomise(archdsl.compile(scores, softmax=True), seed=9)
+    module = archdsl.compile(dense, softmax=True).eval()
     module.load_state_dict(fc.state_dict(), strict=True)
     x = torch.randn(2, *graph.input_shape.dims, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
@@ -419,3 +421,18 @@ def test_dense_form_with_the_triton_backend_fusions_loads_fc_weights():
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         close(dense(x).mean(dim=(2, 3)), fc(x), rtol=1e-4)
+
+
+def test_dense_form_keeps_a_softmax_that_did_not_end_the_net():
+    # A softmax before a 1x1 global pooling: the dense form removes the pooling, and the softmax
+    # then ends the graph, but it was not the net's last layer, so it stays (logits mode drops
+    # only a softmax that ends the written net).
+    graph = archdsl.loads("net g : 4x1x1 { batchnorm; softmax; globalavgpool }")
+    fc = randomise(archdsl.compile(graph), seed=3)
+    dense = archdsl.compile(graph, dense=True).eval()
+    dense.load_state_dict(fc.state_dict(), strict=True)
+    x = torch.randn(2, 4, 1, 1, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a, b = fc(x), dense(x)
+    close(b.mean(dim=(2, 3)).view(a.shape), a, rtol=1e-5)
+    assert torch.allclose(a.sum(dim=1), torch.ones(2))  # the softmax's output: rows sum to 1
