@@ -161,6 +161,31 @@ def _meta_module(name, **params):
         return archdsl.compile(name, **params)
 
 
+def test_weights_saved_under_the_old_flat_keys_convert(tmp_path, capsys):
+    """Modules once named every tensor after its graph node (``basic4_conv1.weight``); such a
+    file maps onto today's tree (``basic_stage2.basic1.conv1.weight``) by structure."""
+    graph = archdsl.load("cifar_resnet", n=2)
+    model = randomize(archdsl.compile(graph)).eval()
+    node_of = {path: node for node, path in model.paths.items()}
+    flat = {}
+    for key, value in model.state_dict().items():
+        path, _, role = key.rpartition(".")
+        flat[f"{node_of[path]}.{role}"] = value
+    assert "basic4_conv1.weight" in flat and "basic_stage2.basic1.conv1.weight" in model.state_dict()
+    torch.save(flat, tmp_path / "flat.pt")
+    assert main(["convert", "cifar_resnet", "--set", "n=2", "--from", str(tmp_path / "flat.pt"),
+                 "--to", str(tmp_path / "tree.pt")]) == 0
+    capsys.readouterr()
+    fresh = archdsl.compile(graph).eval()
+    fresh.load_state_dict(torch.load(tmp_path / "tree.pt", weights_only=True), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+    again = load_pretrained("cifar_resnet", flat, n=2).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
+
+
 def test_vgg16_weights_into_vgg19_are_refused_with_a_report(tmp_path, capsys):
     layers = {}  # VGG-16's tensors under torchvision-style names, features.<i>.weight
     state = {f"features.{layers.setdefault(k.rsplit('.', 1)[0], len(layers))}.{k.rsplit('.', 1)[1]}": v
