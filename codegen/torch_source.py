@@ -75,6 +75,8 @@ def _literal(value) -> str:
 
 
 _VARIABLES = ("x", "y", "z", "u", "v", "w")
+# An integer constant in a constructor call (not part of a name, a float or an exponent).
+_INT = re.compile(r"(?<![\w.\-])(\d+)(?![\w.])")
 
 
 class _Variables:
@@ -129,15 +131,13 @@ class _Writer:
 
     def child_ctor(self, child) -> str:
         if isinstance(child, hierarchy.Level):
-            return f"{self.level_class(child)}()"
-        classes = [self.level_class(c) for c in child.copies]
+            return self.instance[id(child)]
+        calls = [self.instance[id(c)] for c in child.copies]
         container = "nn.Sequential" if child.chain else "nn.ModuleList"
-        if len(set(classes)) == 1 and len(classes) > 1:
-            inner = f"*[{classes[0]}() for _ in range({len(classes)})]"
-            return f"{container}({inner})" if child.chain else f"{container}([{classes[0]}() for _ in range({len(classes)})])"
-        if child.chain:
-            return f"{container}({', '.join(c + '()' for c in classes)})"
-        return f"{container}([{', '.join(c + '()' for c in classes)}])"
+        if len(set(calls)) == 1 and len(calls) > 1:
+            loop = f"[{calls[0]} for _ in range({len(calls)})]"
+            return f"{container}(*{loop})" if child.chain else f"{container}({loop})"
+        return f"{container}({', '.join(calls)})" if child.chain else f"{container}([{', '.join(calls)}])"
 
     def init_lines(self, level: hierarchy.Level) -> list[str]:
         lines = []
@@ -155,8 +155,9 @@ class _Writer:
                 lines.append(f"        self.{here} = {self.ctor(layer)}")
         return lines
 
-    def forward_lines(self, level: hierarchy.Level) -> tuple[list[str], list[str]]:
-        """The signature's parameters and the body of ``forward``."""
+    def forward_lines(self, level: hierarchy.Level, shapes: bool = True) -> tuple[list[str], list[str]]:
+        """The signature's parameters and the body of ``forward`` (each line with the shape it
+        computes, in the net's class; a block's class may serve calls at several sizes)."""
         variables = _Variables()
         var = {value: variables.take() for value in level.inputs}
         params = [var[v] for v in level.inputs]
@@ -184,21 +185,81 @@ class _Writer:
                 targets.append(variables.take(prefer))
                 var[out] = targets[-1]
                 prefer = None
-            shapes = ", ".join(str(self.graph.shape(o)) for o in step.outputs)
-            lines.append(f"        {', '.join(targets)} = {expr}  # {shapes}")
+            line = f"        {', '.join(targets)} = {expr}"
+            if shapes:
+                line += "  # " + ", ".join(str(self.graph.shape(o)) for o in step.outputs)
+            lines.append(line)
         result = ", ".join(var[o] for o in level.outputs)
         lines.append(f"        return {result}")
         return params, lines
 
-    def level_class(self, level: hierarchy.Level) -> str:
-        init = self.init_lines(level)
-        params, forward = self.forward_lines(level)
-        count = sum(self.graph.nodes[n]["meta"].get("params", 0) for n in level.contains)
+    def classes_for(self, root: hierarchy.Level) -> None:
+        """A class for every block call, shared by the calls that differ only in integer
+        constants of their layers (widths, repeat counts): those become the class's
+        constructor parameters, ``Basic(c)`` called as ``Basic(64)``. Lower blocks first: a
+        block's class text names its children's constructor calls."""
+        self.instance: dict[int, str] = {}  # id(level) -> its constructor call, "Basic(64)"
+        height: dict[int, int] = {}
+        calls = [lv for lv in hierarchy.levels(root) if lv is not root]
+        for lv in calls:  # children come before their parents
+            kids = [c for child in lv.children.values()
+                    for c in (child.copies if isinstance(child, hierarchy.Repeat) else [child])]
+            height[id(lv)] = 1 + max((height[id(c)] for c in kids), default=-1)
+        for h in sorted(set(height.values())):
+            families: dict[tuple, list] = {}
+            for lv in (lv for lv in calls if height[id(lv)] == h):
+                init = self.init_lines(lv)
+                params, forward = self.forward_lines(lv, shapes=False)
+                skeleton, values = [], []
+                for line in init:
+                    target, _, value = line.partition(" = ")
+                    parts = _INT.split(value)  # text, int, text, int, ..., text
+                    values += [int(v) for v in parts[1::2]]
+                    skeleton.append((target, tuple(parts[0::2])))
+                code = []
+                for line in forward:
+                    parts = _INT.split(line)
+                    values += [int(v) for v in parts[1::2]]
+                    code.append(tuple(parts[0::2]))
+                key = (lv.block, tuple(skeleton), tuple(params), tuple(code))
+                families.setdefault(key, []).append((lv, values))
+            for (block, skeleton, params, code), members in families.items():
+                self._family(block, skeleton, params, code, members)
+
+    def _family(self, block, skeleton, params, code, members) -> None:
+        columns = list(zip(*(values for _, values in members)))  # one per integer in the text
+        names: dict[tuple, str] = {}  # a varying column's values -> its parameter
+        attrs = {a for lv, _ in members for a in [*lv.nodes, *lv.children]}  # never shadow one
+        fresh = (n for n in (f"c{i}" if i > 1 else "c" for i in range(1, 1 << 30)) if n not in attrs)
+        slots = []
+        for column in columns:
+            if len(set(column)) == 1:
+                slots.append(str(column[0]))
+            else:
+                if column not in names:
+                    names[column] = next(fresh)
+                slots.append(names[column])
+        fill = iter(slots)
+        init = [f"{target} = " + "".join(t + next(fill, "") for t in texts[:-1]) + texts[-1]
+                for target, texts in skeleton]
+        kept = []  # parameters the forward reads: kept as attributes
+        forward = []
+        for texts in code:
+            line = texts[0]
+            for text in texts[1:]:
+                slot = next(fill)
+                if slot in names.values():
+                    kept += [] if slot in kept else [slot]
+                    slot = f"self.{slot}"
+                line += slot + text
+            forward.append(line)
+        arguments = list(names.values())
         body = "\n".join([
-            f'    """Block {level.block}: {count:,} parameters."""',
+            f'    """Block {block}."""',
             "",
-            "    def __init__(self):",
+            f"    def __init__(self{''.join(', ' + a for a in arguments)}):",
             "        super().__init__()",
+            *(f"        self.{a} = {a}" for a in kept),
             *init,
             "",
             f"    def forward(self, {', '.join(params)}):",
@@ -206,9 +267,11 @@ class _Writer:
         ])
         name = self.bodies.get(body)
         if name is None:
-            name = self.bodies[body] = self.names.create(class_name(level.block))
+            name = self.bodies[body] = self.names.create(class_name(block))
             self.classes.append(f"class {name}(nn.Module):\n{body}\n")
-        return name
+        for lv, values in members:
+            args = [str(values[columns.index(col)]) for col in names]
+            self.instance[id(lv)] = f"{name}({', '.join(args)})"
 
 
 def emit_source(graph: ArchGraph, backend: Backend | str = TORCH) -> str:
@@ -224,6 +287,7 @@ def emit_source(graph: ArchGraph, backend: Backend | str = TORCH) -> str:
     backend = get(backend)
     root = hierarchy.tree(graph)
     writer = _Writer(graph, backend)
+    writer.classes_for(root)
     init = writer.init_lines(root)
     params, forward = writer.forward_lines(root)
     imports = writer.imports
