@@ -5,9 +5,11 @@ never shadows its own imports or builtins; only finite numbers reach it."""
 from __future__ import annotations
 
 import copy
+import importlib
 import importlib.util
 import io
 import pickle
+import re
 
 import pytest
 import torch
@@ -153,3 +155,67 @@ def test_build_for_triton_without_triton_refuses_clearly(monkeypatch, tmp_path, 
     err = capsys.readouterr().err
     assert "imports triton, which is not installed" in err and "--backend torch" in err
     assert not out.exists()
+
+
+# -- the module tree ---------------------------------------------------------------------------
+
+def test_module_tree_follows_the_spec():
+    model = archdsl.compile("cifar_resnet", n=3)
+    keys = list(model.state_dict())
+    assert keys[:2] == ["conv1.weight", "bn1.weight"]
+    assert "basic_stage2.basic1.conv1.weight" in keys and "basic_stage2.basic2.1.bn2.running_var" in keys
+    stage = model.basic_stage2
+    assert isinstance(stage.basic2, torch.nn.Sequential) and len(stage.basic2) == 2  # basic(...) x{n-1}
+    text = str(model)
+    assert "(basic_stage1): BasicStage(" in text and "(basic1): Basic(" in text
+    assert model.paths["basic4_conv1"] == "basic_stage2.basic1.conv1"  # graph node -> module path
+
+
+def test_inserting_a_layer_renames_no_other_block():
+    base = "import \"lib/resnet.arch\"\nnet t : 3x16x16 {{ conv3-8 bias=false; bn; {extra}basic_stage(8, 2, stride=1); " \
+           "basic_stage(16, 2); gap; fc-3 }}"
+    before = set(archdsl.compile(archdsl.loads(base.format(extra=""))).state_dict())
+    after = set(archdsl.compile(archdsl.loads(base.format(extra="conv3-8; "))).state_dict())
+    assert after - before == {"conv2.weight", "conv2.bias"}  # the new layer, and nothing renamed
+    assert before <= after
+
+
+def test_labels_name_block_calls():
+    graph = archdsl.loads('import "lib/resnet.arch"\nnet t : 3x16x16 { conv3-8; layer1 = basic_stage(8, 2, stride=1); '
+                          "layer2 = basic_stage(16, 3); gap; fc-3 }")
+    keys = set(archdsl.compile(graph).state_dict())
+    assert {"layer1.basic1.conv1.weight", "layer2.basic2.1.conv2.weight"} <= keys
+    assert not any(k.startswith("basic_stage") for k in keys)
+
+
+def test_emitted_resnet110_mirrors_the_module_and_is_short(tmp_path, monkeypatch):
+    graph = archdsl.load("cifar_resnet", n=18)
+    source = emit_source(lower_graph(graph))
+    lines = source.splitlines()
+    classes = [line for line in lines if line.startswith("class ")]
+    # One class per distinct block (the two kinds of basic block, the two kinds of stage) and the net's.
+    assert len(classes) == 5 and len(lines) <= 110, (len(classes), len(lines))
+    assert re.search(r"self\.basic2 = nn\.Sequential\(\*\[Basic\(\w+\) for _ in range\(17\)\]\)", source)  # a loop
+    (tmp_path / "resnet110.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    emitted = importlib.import_module("resnet110").CifarResnet().eval()
+    model = archdsl.compile(graph).eval()
+    assert list(emitted.state_dict()) == list(model.state_dict())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-0.1, 0.1)
+    emitted.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(emitted(x), want, rtol=1e-5, atol=1e-6)
+        for module in (model, emitted):
+            for copied in (pickle.loads(pickle.dumps(module)), copy.deepcopy(module)):
+                torch.testing.assert_close(copied(x), want, rtol=1e-5, atol=1e-6)
+            buffer = io.BytesIO()
+            torch.save(module, buffer)
+            buffer.seek(0)
+            torch.testing.assert_close(torch.load(buffer, weights_only=False)(x), want, rtol=1e-5, atol=1e-6)
+            scripted = torch.jit.script(module)
+            torch.testing.assert_close(scripted(x), want, rtol=1e-5, atol=1e-6)
+            assert scripted.state_dict().keys() == model.state_dict().keys()
