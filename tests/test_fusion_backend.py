@@ -238,7 +238,7 @@ def test_the_fold_follows_new_weights_and_statistics(no_kernel):
         # in-place updates (the version counter moves)
         for m in (ref, tri):
             m.bn1.running_var.mul_(3.0)
-            m.basic1_conv1.weight.mul_(-1.0)
+            m.basic_stage1.basic1.conv1.weight.mul_(-1.0)
         assert_close_logs(ref(x), tri(x), softmax=True)
         # a new state dict
         other = randomise(archdsl.compile("cifar_resnet", n=1), seed=7)
@@ -447,8 +447,8 @@ def test_pooled_convs_keep_the_state_dict_and_lower_to_pool_calls():
     assert [(k, v.shape) for k, v in tri.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
     assert not hasattr(tri, "pool1") and isinstance(ref.pool1, torch.nn.MaxPool2d)
     source = emit_source(f, backend="triton")
-    assert "conv1 = fused_conv(x, self.conv1, pool=True)" in source
-    assert "fused_conv(conv1, self.conv2, self.bn1, relu=True, pool=True)" in source
+    assert "x = fused_conv(x, self.conv1, pool=True)" in source
+    assert "x = fused_conv(x, self.conv2, self.bn1, relu=True, pool=True)" in source
     assert "F.max_pool2d(torch.relu(self.conv1(x)), 2)" in emit_source(f, backend="torch")
 
 
