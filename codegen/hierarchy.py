@@ -50,7 +50,6 @@ class Level:
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     steps: list[Step] = field(default_factory=list)
-    extras: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> {extra attribute -> attr here}
 
     @property
     def dotted(self) -> str:
@@ -127,6 +126,8 @@ def _tree(graph: ArchGraph, hierarchical: bool) -> Level:
             continue
         path, local = _where(graph, node) if hierarchical else ((), node)
         home = level(path)
+        if local in home.nodes:  # two nodes given one name (a graph not from the front end)
+            local = node
         home.nodes[local] = node
         home.members.append(("node", local))
     _contain(root)

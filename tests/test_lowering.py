@@ -219,3 +219,28 @@ def test_emitted_resnet110_mirrors_the_module_and_is_short(tmp_path, monkeypatch
             scripted = torch.jit.script(module)
             torch.testing.assert_close(scripted(x), want, rtol=1e-5, atol=1e-6)
             assert scripted.state_dict().keys() == model.state_dict().keys()
+
+
+def test_a_graph_whose_calls_cannot_be_contracted_lowers_flat():
+    # A node marked as sitting in the first stage but computed after the last one: contracting
+    # the stages would make a cycle, so the module is one level with the node names as keys.
+    from archdsl.codegen import hierarchy
+
+    graph = archdsl.load("cifar_resnet", n=1)
+    gap = next(n for n, d in graph.nodes(data=True) if d["op"] is Op.GLOBAL_AVGPOOL)
+    stage_node = next(n for n, d in graph.nodes(data=True) if d["meta"].get("module"))
+    graph.nodes[gap]["meta"]["module"] = (graph.nodes[stage_node]["meta"]["module"][0], "gap9",
+                                          graph.nodes[stage_node]["meta"]["module"][2])
+    root = hierarchy.tree(graph)
+    assert not root.children and gap in root.nodes.values()
+    model = archdsl.compile(graph).eval()
+    assert "basic1_conv1.weight" in model.state_dict()
+    reference = archdsl.compile(archdsl.load("cifar_resnet", n=1)).eval()
+    flat = {node: path for node, path in model.paths.items()}
+    state = {f"{flat[node]}.{key.rpartition('.')[2]}": value for key, value in reference.state_dict().items()
+             for node, path in reference.paths.items() if key.rpartition(".")[0] == path}
+    model.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+    _emitted(emit_source(lower_graph(graph)), "cifar_resnet")  # the source is flat too, and runs
