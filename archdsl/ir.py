@@ -19,7 +19,9 @@ Graph-level data (``graph.graph``): ``name`` of the net, ``input`` and ``output`
 ``params`` (the net parameter values it was built with), ``spec`` (the source span of the net),
 ``spec_input`` (the input :class:`Shape` the spec declares, None if it declares none) and, on a
 graph in fully-convolutional form (passes/fc_to_conv.py), ``dense``: the input shape at which
-its fc layers were converted.
+its fc layers were converted; ``modules``: for each node written inside a block call (or a
+repeated unit), ``(module path, attribute name, ((path, block), ...))``, where the lowered
+module keeps it (codegen/hierarchy.py); a node not listed sits at the top under its own name.
 
 Optional attribute: a CONV made from a fully connected layer by passes/fc_to_conv.py carries
 ``attrs["from_linear"] = (C, kh, kw)``: the fc's input read as a map, so its ``(out, C*kh*kw)``

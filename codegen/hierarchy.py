@@ -73,7 +73,7 @@ class Flat(Exception):
 
 
 def _where(graph: ArchGraph, node: str) -> tuple[tuple[str, ...], str]:
-    module = graph.nodes[node]["meta"].get("module")
+    module = graph.graph.get("modules", {}).get(node)
     return (tuple(module[0]), module[1]) if module else ((), node)
 
 
@@ -140,9 +140,8 @@ def _tree(graph: ArchGraph, hierarchical: bool) -> Level:
 def _block_names(graph: ArchGraph) -> dict[tuple[str, ...], str]:
     """Module path of each block call -> the block it calls (recorded by the front end)."""
     names: dict[tuple[str, ...], str] = {}
-    for _, data in graph.nodes(data=True):
-        module = data["meta"].get("module")
-        if module:
+    for node, module in graph.graph.get("modules", {}).items():
+        if node in graph:
             names.update((tuple(path), block) for path, block in module[2])
     return names
 
@@ -263,11 +262,9 @@ def paths(root: Level) -> dict[str, str]:
 
 def extra_attr(level: Level, node: str, attribute: str, graph: ArchGraph) -> str:
     """The attribute, in ``level``, of a layer that ``node`` owns beside its own (a fused
-    conv's batch norm, named in the graph after the absorbed BN node): the BN node's local name
-    when it sat in the same block call, else its full node name."""
-    module = graph.nodes[node]["meta"].get("module")
-    prefix = node[:len(node) - len(module[1])] if module else ""
-    local = attribute[len(prefix):] if prefix and attribute.startswith(prefix) else attribute
-    if local in level.children or (local in level.nodes and level.nodes[local] != attribute):
+    conv's batch norm, named in the graph after the absorbed BN node): the BN node's name in
+    its submodule when it sat in this one, else its full node name."""
+    path, local = _where(graph, attribute) if attribute in graph.graph.get("modules", {}) else ((), attribute)
+    if path != level.path or local in level.children or (local in level.nodes and level.nodes[local] != attribute):
         local = attribute  # never collides: node names are unique
     return local

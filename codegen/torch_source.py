@@ -134,8 +134,8 @@ class _Writer:
             return self.instance[id(child)]
         calls = [self.instance[id(c)] for c in child.copies]
         container = "nn.Sequential" if child.chain else "nn.ModuleList"
-        if len(set(calls)) == 1 and len(calls) > 1:
-            loop = f"[{calls[0]} for _ in range({len(calls)})]"
+        loop = _loop([self.called[id(c)] for c in child.copies])
+        if loop is not None:
             return f"{container}(*{loop})" if child.chain else f"{container}({loop})"
         return f"{container}({', '.join(calls)})" if child.chain else f"{container}([{', '.join(calls)}])"
 
@@ -199,6 +199,7 @@ class _Writer:
         constructor parameters, ``Basic(c)`` called as ``Basic(64)``. Lower blocks first: a
         block's class text names its children's constructor calls."""
         self.instance: dict[int, str] = {}  # id(level) -> its constructor call, "Basic(64)"
+        self.called: dict[int, tuple[str, list[int]]] = {}  # id(level) -> (class, arguments)
         height: dict[int, int] = {}
         calls = [lv for lv in hierarchy.levels(root) if lv is not root]
         for lv in calls:  # children come before their parents
@@ -270,8 +271,26 @@ class _Writer:
             name = self.bodies[body] = self.names.create(class_name(block))
             self.classes.append(f"class {name}(nn.Module):\n{body}\n")
         for lv, values in members:
-            args = [str(values[columns.index(col)]) for col in names]
-            self.instance[id(lv)] = f"{name}({', '.join(args)})"
+            args = [values[columns.index(col)] for col in names]
+            self.called[id(lv)] = (name, args)
+            self.instance[id(lv)] = f"{name}({', '.join(map(str, args))})"
+
+
+def _loop(calls: list[tuple[str, list[int]]]) -> str | None:
+    """The copies of a repeat as a list comprehension, where they are one class called with
+    arguments that step evenly (``[Unit(64 + 32 * i) for i in range(6)]``, a dense block's
+    growing width), else None."""
+    if len(calls) < 2 or len({name for name, _ in calls}) != 1:
+        return None
+    name, columns = calls[0][0], list(zip(*(args for _, args in calls)))
+    terms = []
+    for column in columns:
+        step = column[1] - column[0]
+        if any(b - a != step for a, b in zip(column, column[1:])):
+            return None
+        terms.append(str(column[0]) if step == 0 else f"{column[0]} + {step} * i" if column[0] else f"{step} * i")
+    index = "i" if any("* i" in t for t in terms) else "_"
+    return f"[{name}({', '.join(terms)}) for {index} in range({len(calls)})]"
 
 
 def emit_source(graph: ArchGraph, backend: Backend | str = TORCH) -> str:

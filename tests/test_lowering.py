@@ -228,9 +228,9 @@ def test_a_graph_whose_calls_cannot_be_contracted_lowers_flat():
 
     graph = archdsl.load("cifar_resnet", n=1)
     gap = next(n for n, d in graph.nodes(data=True) if d["op"] is Op.GLOBAL_AVGPOOL)
-    stage_node = next(n for n, d in graph.nodes(data=True) if d["meta"].get("module"))
-    graph.nodes[gap]["meta"]["module"] = (graph.nodes[stage_node]["meta"]["module"][0], "gap9",
-                                          graph.nodes[stage_node]["meta"]["module"][2])
+    modules = graph.graph["modules"]
+    path, _, blocks = next(iter(modules.values()))
+    graph.graph["modules"] = {**modules, gap: (path, "gap9", blocks)}
     root = hierarchy.tree(graph)
     assert not root.children and gap in root.nodes.values()
     model = archdsl.compile(graph).eval()

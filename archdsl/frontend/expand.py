@@ -63,7 +63,15 @@ class _Scope:
     def child(self, body: tuple) -> "_Scope":
         return _Scope(self.path, self.prefix, self.calls, self, body, self.module, self.children, self.blocks)
 
-    def submodule(self, call: ast.Call, copy: int) -> tuple[str, ...]:
+    def unit(self, stmt, copy: int) -> "_Scope":
+        """The scope of copy ``copy`` of a repeated residual unit, merge or group: a submodule
+        named as a block call would be (its label, else ``concat_unit1`` and the like), whose
+        names and counters are its own, seeing the names around it."""
+        kind = (stmt.kind if isinstance(stmt, ast.Merge) else type(stmt).__name__.lower()) + "_unit"
+        module = self.submodule(stmt, copy, kind)
+        return _Scope(self.path, self.prefix, self.calls, self, (), module, None, self.blocks + ((module, kind),))
+
+    def submodule(self, call, copy: int, base: str | None = None) -> tuple[str, ...]:
         """The module path of copy ``copy`` of ``call`` made in this scope: a call named by its
         label (``stage3 = basic_stage(...)``), else by its block and how many calls of that
         block this block or net made before (``basic2``); a repeated call (``x{n}``) is a
@@ -75,8 +83,9 @@ class _Scope:
             counts = self.children.setdefault("counts", {})
             wanted = call.label.name if call.label is not None else None
             if wanted is None:
-                counts[call.name] = counts.get(call.name, 0) + 1
-                wanted = f"{call.name}{counts[call.name]}"
+                base = base or call.name
+                counts[base] = counts.get(base, 0) + 1
+                wanted = f"{base}{counts[base]}"
             if wanted.startswith("__"):  # an attribute name: "__b1" would be name-mangled in a class
                 wanted = "b" + wanted
             taken = self.children.setdefault("taken", set())
@@ -137,6 +146,7 @@ class Builder:
         self.limits = limits
         self.graph = ArchGraph()
         self.counters: dict[str, int] = {}
+        self.locals: dict[tuple, int] = {}  # (module path, name stem) -> layers named so far
         self.instances: dict[str, int] = {}
         self.current = ""
         self.pending: tuple[Span, _Scope, tuple] | None = None  # an implied ReLU waiting for its place
@@ -165,8 +175,13 @@ class Builder:
         tally(nodes=1)
         node = self.graph.nodes[name]
         node["meta"]["stmt"] = self.stmts if stmts is None else stmts
-        if scope.module:  # the submodule that will hold it, and its attribute name there
-            node["meta"]["module"] = (scope.module, name[len(scope.prefix):], scope.blocks)
+        if scope.module and op is not Op.INPUT:
+            # The submodule that will hold it and its attribute name there (counted per
+            # submodule, so each copy of a repeated unit names its layers alike), kept at graph
+            # level so a pass that absorbs the node (a BN into its conv) leaves it readable.
+            key = (scope.module, stem[len(scope.prefix):])
+            local = self.locals[key] = self.locals.get(key, 0) + 1
+            self.graph.graph.setdefault("modules", {})[name] = (scope.module, f"{key[1]}{local}", scope.blocks)
         node["meta"]["shape"] = output_shape(op, attrs, [self.shape(a) for a in args], span)
         self.current = name
         return name
@@ -220,17 +235,21 @@ class Builder:
                 self.stmts = outer + ((type(stmt).__name__.lower(), stmt.span, copy, count),)
                 self.charge(stmt, stmt.span)
                 local = env if stmt.index is None else {**env, stmt.index.name: copy}
+                # A repeated residual unit, merge or group is a sequence of submodules, one per
+                # copy, as a repeated block call is (a dense block's n layers).
+                here = scope.unit(stmt, copy) if stmt.repeat is not None and isinstance(
+                    stmt, (ast.Residual, ast.Merge, ast.Group)) else scope
                 if isinstance(stmt, ast.Layer):
                     self.layer(stmt, local, scope)
                 elif isinstance(stmt, ast.Call):
                     self.call(stmt, local, scope)
                 elif isinstance(stmt, ast.Residual):
-                    self.residual(stmt, local, scope)
+                    self.residual(stmt, local, here)
                 elif isinstance(stmt, ast.Merge):
-                    self.merge(stmt, local, scope)
+                    self.merge(stmt, local, here)
                 else:
                     self.enter(stmt.span)
-                    self.body(stmt.body, local, scope.child(stmt.body))
+                    self.body(stmt.body, local, here.child(stmt.body))
                     self.depth -= 1
             if stmt.label is not None:
                 self.define(stmt.label, scope, env)
