@@ -21,23 +21,26 @@ Public entry points:
 Kernel layout. A tensor is walked as (batch, channel, pixel), with pixel p = h * W + w under a
 single stride: that covers NCHW-contiguous input (pixels contiguous) and channels_last input
 (channels contiguous) without copying, and the output is allocated in the input's memory
-format. Each program owns a [BLOCK_C, BLOCK_P] tile: a chunk of channels (all of them when C
-is small enough, which is the common case) by a block of pixels. Triton's coalescing pass
-orders the tile along whichever of the two axes has unit stride, so the same kernel reads
-NCHW rows of pixels and channels_last rows of channels with full-width transactions.
+format. Each program owns a chunk of channels (all of them when C is small enough, which is
+the common case) by a block of pixels, and each thread a run of 8 consecutive channels of
+some pixels.
 
-Window sums. Triton has no register shift, so the sum over n neighbouring channels is built
-from n loads of the tile shifted by -n//2 .. (n-1)//2 channels. Only the unshifted tile and
-its halo (none when the chunk holds all channels) need to come from DRAM; the shifted re-reads
-are of lines the program has just loaded, so they are served by L1. That keeps the forward at
-one read of x and one write of y per element, and the sum is formed directly (no running sum
-with subtractions, so no cancellation when a large activation leaves the window).
+Window sums. The thread holds its run plus the halo the windows reach into (n//2 channels
+below, (n-1)//2 above) as fp32 registers, one tensor per channel, so each window sum is n - 1
+register adds of squares it already has, formed directly (no running sum with subtractions,
+so no cancellation when a large activation leaves the window). Every element is read once
+per run: with channels_last the run is one 16-byte vector of channels (two in fp32) cut into
+channels in registers, and the halo the neighbouring vectors, which the neighbouring threads
+have just read (L1); with NCHW each channel of the run and its halo is a row of pixels, a
+16-byte vector per thread when H*W keeps the rows aligned (an odd H*W, as in AlexNet, leaves
+them element-wise). The forward thus reads x once and writes y once per element.
 
-Backward. dx_j needs d_i = k + alpha' * S_i for every i whose window contains j, so the kernel
-recomputes them from x: 2n-1 shifted loads of x and n of the upstream gradient per tile (the
-compiler merges repeated shifts), n powers per element. Only x is saved for it; see
-``_LRNFunction``. All arithmetic is fp32 whatever the storage type, and for beta = 3/4 the
-powers come from reciprocal square roots instead of exp2/log2 (``_rpow``).
+Backward. dx_j = g_j d_j^-beta - 2 alpha beta x_j sum_{i : j in window(i)} t_i with
+t_i = g_i x_i d_i^(-beta-1): each thread forms t for its run and the mirrored window's halo
+once (RUN + n - 1 powers per RUN channels) from d recomputed from x, then takes the
+transposed window sums of t in registers. Only x is saved for it; see ``_LRNFunction``. All
+arithmetic is fp32 whatever the storage type, and for beta = 3/4 the powers come from
+reciprocal square roots instead of exp2/log2 (``_rpow``).
 """
 
 import math
