@@ -43,6 +43,7 @@ arithmetic is fp32 whatever the storage type, and for beta = 3/4 the powers come
 reciprocal square roots instead of exp2/log2 (``_rpow``).
 """
 
+import functools
 import math
 import numbers
 
@@ -284,7 +285,7 @@ def _vector_elems(args):
     return 16 // x.element_size() if isinstance(x, torch.Tensor) else 8
 
 
-def _prune_configs(configs, named_args, **kwargs):
+def _prune_configs(configs, named_args, *, backward=False, **kwargs):
     """Keep the tilings that suit this shape and layout.
 
     The channel chunk is all channels (rounded up to a power of two) when they fit, so that no
@@ -293,7 +294,7 @@ def _prune_configs(configs, named_args, **kwargs):
     channels. With NCHW the pixels are contiguous: a narrower chunk of 32 channels is tried as
     well, and each thread should hold a run of 8 channels by a vector of 2 to 16 bytes of
     pixels (more would spill, fewer would be narrow loads); pixel blocks much longer than the
-    image are dropped.
+    image are dropped. `backward` (the backward kernel's prune) holds fewer pixels per thread.
     """
     args = {**named_args, **kwargs}
     channels, pixels = args["C"], args["P"]
@@ -313,8 +314,9 @@ def _prune_configs(configs, named_args, **kwargs):
             return block_p * (block_c // min(8, block_c)) / (32 * cfg.num_warps)
 
         # Rows that are not all 16-byte aligned (an odd H*W) are read element by element:
-        # 4 pixels per thread then, since 8 scalar rows of 12 spill.
-        most = vec if math.gcd(args["stride_xc"], vec) == vec else min(vec, 4)
+        # 4 pixels per thread then in the forward (8 pixels of 12 scalar rows spill), 2 in the
+        # backward (28 rows of 4 pixels take all 255 registers).
+        most = vec if math.gcd(args["stride_xc"], vec) == vec else min(vec, 2 if backward else 4)
         kept = [cfg for cfg in kept if 2 <= pixels_per_thread(cfg) <= most] or kept
     return kept or candidates
 
@@ -447,7 +449,7 @@ _lrn_fwd_tuned = triton.autotune(
 _lrn_bwd_tuned = triton.autotune(
     configs=_tile_configs(max_block_c=128, elems_per_thread=(8, 16, 32)),
     key=_AUTOTUNE_KEY,
-    prune_configs_by={"early_config_prune": _prune_configs},
+    prune_configs_by={"early_config_prune": functools.partial(_prune_configs, backward=True)},
 )(_lrn_bwd_kernel)
 
 
