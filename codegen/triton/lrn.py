@@ -588,7 +588,7 @@ def _lrn_backward(x, grad_y, size, alpha, beta, k, block=None, out=None):
 class _LRNFunction(torch.autograd.Function):
     # Saves x only and recomputes d = k + alpha * S in the backward: saving d instead would cost
     # an extra full-size write in the forward and read in the backward (in fp32 to keep its
-    # precision), while the backward has to read x anyway and the window sums come from cache.
+    # precision), while the backward has to read x anyway and forms the window sums in registers.
 
     @staticmethod
     def forward(ctx, x, size, alpha, beta, k):
