@@ -19,6 +19,14 @@ stops the run), and unless --no-validate every autotune candidate for it is run 
     python benchmarks/bench_lrn.py            # 24 rows, a few minutes on an H100
     python benchmarks/bench_lrn.py --quick    # AlexNet's first LRN shape only
     python benchmarks/bench_lrn.py --smoke    # the whole script on the CPU, tiny shape (a check)
+    python benchmarks/bench_lrn.py --sass --quick --dtypes bf16   # no GPU: static SASS figures
+
+``--sass`` needs no GPU: it compiles every autotune candidate of each row for sm_90 (the
+H100) with the installed Triton, as ``archdsl kernels`` does, and reports per config the
+registers per thread, spills, and the SASS the kernel issues per element (every kernel is
+straight-line code, so its instruction count is what each thread executes), global loads and
+stores per element and their widths. These are static figures, not speeds. ``--kernels
+FILE`` takes the kernels from another version of ``codegen/triton/lrn.py`` (to compare).
 
 No new row is started after ``--budget-s`` seconds (default 480, so a full run fits a
 10-minute command); the rows left out are listed under the table.
@@ -31,6 +39,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -71,6 +81,10 @@ def parse_args(argv=None):
                    help="time plain calls (Python launch path included) instead of CUDA-graph replays")
     p.add_argument("--budget-s", type=float, default=480.0,
                    help="start no new row after this many seconds (the table is still written; 0: no limit)")
+    p.add_argument("--sass", action="store_true",
+                   help="no GPU: compile every candidate for sm_90 and report registers, spills and SASS per element")
+    p.add_argument("--kernels", default=None,
+                   help="with --sass: a file to take the LRN kernels from instead of codegen/triton/lrn.py")
     common.add_smoke_flag(p)
     args = p.parse_args(argv)
     if args.smoke:
@@ -137,8 +151,88 @@ COLUMNS = [
 ]
 
 
+_SASS_MEMORY = re.compile(r"\b(LDG|STG)(\.E)?(?:\.(U8|S8|U16|S16|64|128))?\b")
+_WIDTHS = {None: 4, "U8": 1, "S8": 1, "U16": 2, "S16": 2, "64": 8, "128": 16}
+
+
+def sass_figures(sass: str) -> tuple[int, dict[str, int]]:
+    """(instructions, {"LDG.128": count, ...}) of a kernel's nvdisasm listing, NOPs left out;
+    global accesses are keyed by their width in bytes."""
+    from archdsl.codegen.triton import aot
+
+    instructions, memory = 0, {}
+    for line in sass.splitlines():
+        match = aot._SASS_LINE.match(line)
+        if match is None or not match.group(2) or re.search(r"\bNOP\b", match.group(2)):
+            continue
+        instructions += 1
+        access = _SASS_MEMORY.search(match.group(2))
+        if access:
+            key = f"{access.group(1)}.{_WIDTHS[access.group(3)]}B"
+            memory[key] = memory.get(key, 0) + 1
+    return instructions, memory
+
+
+def sass_report(args) -> int:
+    """--sass: compile each row's autotune candidates for sm_90 and print their static figures."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("bench_lrn.py --sass: unset TRITON_INTERPRET (it compiles for sm_90)", file=sys.stderr)
+        return 2
+    import importlib.util
+
+    import triton
+
+    from archdsl.codegen.triton import aot
+
+    if args.kernels:
+        spec = importlib.util.spec_from_file_location("lrn_kernels", args.kernels)
+        lrn_module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(lrn_module)
+    else:
+        from archdsl.codegen.triton import lrn as lrn_module
+    triton_, GPUTarget, ASTSource, make_backend, create_function_from_signature = aot._triton()
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    print(f"# LRN kernels compiled for sm_90 (static figures, not speeds)\n\n"
+          f"- triton {triton.__version__}, kernels from {args.kernels or 'codegen/triton/lrn.py'}\n"
+          f"- LRN n={SIZE}, beta={BETA}; per element = per thread / elements per thread "
+          f"(BLOCK_C x BLOCK_P / threads, padded channels included)\n")
+    cols = ["shape", "dtype", "layout", "pass", "tile", "regs", "spill B", "elems/thread",
+            "SASS/elem", "global accesses/elem (width: count)"]
+    print("| " + " | ".join(cols) + " |\n|" + "|".join("---" for _ in cols) + "|")
+    for name, shape in shapes:
+        for dtype_name in args.dtypes:
+            for layout_name in args.layouts:
+                x = torch.empty(shape, dtype=DTYPES[dtype_name], device="meta")
+                x = x.contiguous(memory_format=LAYOUTS[layout_name])
+                for direction in ("fwd", "bwd"):
+                    grad = None if direction == "fwd" else torch.empty_like(x)
+                    _, tuned, fn, _, launch, meta = lrn_module.launch_args(x, SIZE, ALPHA, BETA, K, grad_y=grad)
+                    named = dict(zip(fn.arg_names, launch))
+                    binder = create_function_from_signature(fn.signature, fn.params, backend)
+                    for cfg in tuned.early_config_prune(tuned.configs, named, **meta):
+                        kwargs = dict(meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                        bound, specialization, options = binder(*launch, **kwargs)
+                        options, signature, constexprs, attrs = fn._pack_args(
+                            backend, kwargs, bound, specialization, options)
+                        binary = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
+                                                options=options.__dict__)
+                        registers, spill = aot._resource_usage(binary.asm["cubin"])
+                        sass = aot._run_tool("nvdisasm", ["-c"], binary.asm["cubin"]) or ""
+                        instructions, memory = sass_figures(sass)
+                        per_thread = cfg.kwargs["BLOCK_C"] * cfg.kwargs["BLOCK_P"] / (32 * cfg.num_warps)
+                        accesses = ", ".join(f"{k}: {v / per_thread:.2f}" for k, v in sorted(memory.items()))
+                        print(f"| {name} {'x'.join(map(str, shape))} | {dtype_name} | {layout_name} | {direction} | "
+                              f"{describe(cfg)} | {registers} | {spill} | {per_thread:g} | "
+                              f"{instructions / per_thread:.1f} | {accesses} |", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.sass:
+        return sass_report(args)
     started = common.start("bench_lrn.py", args.smoke)
     if started is None:
         return 2

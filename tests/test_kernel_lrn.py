@@ -198,6 +198,100 @@ def test_random_shapes_and_parameters(
 
 
 # ---------------------------------------------------------------------------------------------
+# Channel runs: vector edges, halos, layouts
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_tiled(x, size, block, rtol, mode="sum", alpha=1e-2, k=1.0, seed=20):
+    """Forward and backward of the kernels, forced to `block`, against float64 autograd of
+    the reference (the gradient check: the kernel's dx against the reference's Jacobian)."""
+    gen = torch.Generator().manual_seed(seed)
+    grad_y = torch.randn(x.shape, generator=gen).to(device=x.device, dtype=x.dtype)
+    fmt = torch.channels_last if not x.is_contiguous() else torch.contiguous_format
+    grad_y = grad_y.contiguous(memory_format=fmt)
+    alpha_eff = lrn_module._effective_alpha(alpha, size, mode)
+    y_ref, dx_ref = _reference_grad(x, grad_y, size, alpha, 0.75, k, mode)
+    y = lrn_module._lrn_forward(x, size, alpha_eff, 0.75, k, block=block)
+    dx = lrn_module._lrn_backward(x, grad_y, size, alpha_eff, 0.75, k, block=block)
+    assert y.is_contiguous(memory_format=fmt) and dx.is_contiguous(memory_format=fmt)
+    _assert_close(y, y_ref, rtol, f"forward {tuple(x.shape)} n={size} block={block}")
+    _assert_close(dx, dx_ref, rtol, f"backward {tuple(x.shape)} n={size} block={block}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("size", [2, 3, 4, 5])
+@pytest.mark.parametrize("channels", [3, 13, 24, 96])
+def test_runs_odd_spatial_and_ragged_channels(channels, size, channels_last, dtype):
+    """Odd H*W (5x7: NCHW rows that no vector width keeps aligned), channel counts below a run
+    (3), ragged at the last run (13: channel masks per element) and whole runs (24, 96:
+    masks per vector, for fp16's 8-channel vectors and fp32's 4), with odd and even windows
+    (the backward's mirrored window). The 32-channel chunk puts runs at chunk edges, whose
+    halo comes from the neighbouring program."""
+    x = _input((2, channels, 5, 7), 10.0, dtype, channels_last, seed=channels * 10 + size)
+    _check_tiled(x, size, (32, 32, 4), RTOL[dtype], mode=("sum", "avg")[size % 2], seed=size)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("block", [(128, 512, 4), (32, 1024, 4)], ids=["all-channels", "chunks-of-32"])
+def test_alexnet_lrn1_image(block, channels_last):
+    """AlexNet's first LRN, one image of 96x55x55 (its batch of 128 cut to 1 for the
+    interpreter), in the tilings the autotuner tries on a GPU."""
+    x = _input((1, 96, 55, 55), 10.0, torch.float16, channels_last, seed=21)
+    _check_tiled(x, 5, block, RTOL[torch.float16], alpha=1e-3, k=2.0)
+
+
+@pytest.mark.parametrize("size", [6, 9])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_halo_wider_than_a_vector(size, channels_last):
+    """Windows whose backward halo (size - 1 channels each side) spans more than one fp32
+    vector of 4 channels, and runs of 2 and 4 channels (chunks narrower than 8)."""
+    x = _input((2, 21, 3, 4), 10.0, torch.float32, channels_last, seed=22 + size)
+    for block in [(16, 16, 4), (4, 16, 4), (2, 32, 4)]:
+        _check_tiled(x, size, block, RTOL[torch.float32])
+
+
+@pytest.mark.parametrize(
+    "shape,channels_last,dtype,expected",
+    [
+        ((2, 96, 55, 55), True, torch.bfloat16, dict(CHANNELS_LAST=True, VEC=8, EVEN_C=True)),
+        ((2, 13, 5, 7), True, torch.float32, dict(CHANNELS_LAST=True, VEC=4, EVEN_C=False)),
+        ((2, 96, 55, 55), False, torch.bfloat16, dict(CHANNELS_LAST=False, VEC=8, EVEN_C=True, ROW_ALIGN=1)),
+        ((2, 64, 14, 14), False, torch.float16, dict(CHANNELS_LAST=False, VEC=8, ROW_ALIGN=4)),
+        ((2, 64, 56, 56), False, torch.float32, dict(CHANNELS_LAST=False, VEC=4, ROW_ALIGN=4)),
+    ],
+)
+def test_launch_flags(shape, channels_last, dtype, expected):
+    """The layout flags launch_args derives: which axis the vectors run along, their width,
+    whether channel masks are uniform per vector, and the alignment all NCHW rows share
+    (gcd of H*W and the vector width: 1 for AlexNet's 55x55)."""
+    x = torch.empty(shape, dtype=dtype, device="meta")
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    for grad in (None, torch.empty_like(x)):
+        meta = lrn_module.launch_args(x, 5, 1e-4, 0.75, 2.0, grad_y=grad)[5]
+        assert {key: meta[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize("dtype,vec", [(torch.bfloat16, 8), (torch.float32, 4)])
+def test_prune_nchw_holds_runs_by_vectors_of_pixels(dtype, vec):
+    """NCHW tiles keep each thread on a run of 8 channels by 2 to `vec` pixels (at most 4 in
+    the forward and 2 in the backward when the rows are not aligned), and aligned rows get a
+    16-byte vector of pixels."""
+    for max_block_c, per_thread, backward in ((256, (8, 16, 32, 64), False), (128, (8, 16, 32), True)):
+        configs = lrn_module._tile_configs(max_block_c, per_thread, interpret=False)
+        for hw, most in ((56 * 56, vec), (55 * 55, min(vec, 2 if backward else 4))):
+            x = torch.empty(64, 96, hw, 1, dtype=dtype, device="meta")
+            named = {"C": 96, "P": hw, "stride_xc": hw, "X": x}
+            kept = lrn_module._prune_configs(configs, named, backward=backward, SIZE=5)
+            assert kept
+            per = [cfg.kwargs["BLOCK_P"] * (cfg.kwargs["BLOCK_C"] // 8) / (32 * cfg.num_warps) for cfg in kept]
+            assert all(2 <= p <= most for p in per), per
+            if max(per_thread) >= 8 * most:
+                assert max(per) == most
+
+
+# ---------------------------------------------------------------------------------------------
 # Conventions: PyTorch's averaging, the paper's sum, the module
 # ---------------------------------------------------------------------------------------------
 

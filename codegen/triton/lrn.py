@@ -21,25 +21,30 @@ Public entry points:
 Kernel layout. A tensor is walked as (batch, channel, pixel), with pixel p = h * W + w under a
 single stride: that covers NCHW-contiguous input (pixels contiguous) and channels_last input
 (channels contiguous) without copying, and the output is allocated in the input's memory
-format. Each program owns a [BLOCK_C, BLOCK_P] tile: a chunk of channels (all of them when C
-is small enough, which is the common case) by a block of pixels. Triton's coalescing pass
-orders the tile along whichever of the two axes has unit stride, so the same kernel reads
-NCHW rows of pixels and channels_last rows of channels with full-width transactions.
+format. Each program owns a chunk of channels (all of them when C is small enough, which is
+the common case) by a block of pixels, and each thread a run of 8 consecutive channels of
+some pixels.
 
-Window sums. Triton has no register shift, so the sum over n neighbouring channels is built
-from n loads of the tile shifted by -n//2 .. (n-1)//2 channels. Only the unshifted tile and
-its halo (none when the chunk holds all channels) need to come from DRAM; the shifted re-reads
-are of lines the program has just loaded, so they are served by L1. That keeps the forward at
-one read of x and one write of y per element, and the sum is formed directly (no running sum
-with subtractions, so no cancellation when a large activation leaves the window).
+Window sums. The thread holds its run plus the halo the windows reach into (n//2 channels
+below, (n-1)//2 above) as fp32 registers, one tensor per channel, so each window sum is n - 1
+register adds of squares it already has, formed directly (no running sum with subtractions,
+so no cancellation when a large activation leaves the window). Every element is read once
+per run: with channels_last the run is one 16-byte vector of channels (two in fp32) cut into
+channels in registers, and the halo the neighbouring vectors, which the neighbouring threads
+have just read (L1); with NCHW each channel of the run and its halo is a row of pixels, a
+16-byte vector per thread when H*W keeps the rows aligned (an odd H*W, as in AlexNet, leaves
+them element-wise). The forward thus reads x once and writes y once per element.
 
-Backward. dx_j needs d_i = k + alpha' * S_i for every i whose window contains j, so the kernel
-recomputes them from x: 2n-1 shifted loads of x and n of the upstream gradient per tile (the
-compiler merges repeated shifts), n powers per element. Only x is saved for it; see
-``_LRNFunction``. All arithmetic is fp32 whatever the storage type, and for beta = 3/4 the
-powers come from reciprocal square roots instead of exp2/log2 (``_rpow``).
+Backward. dx_j = g_j d_j^-beta - 2 alpha beta x_j sum_{i : j in window(i)} t_i with
+t_i = g_i x_i d_i^(-beta-1): each thread forms t for its run and the mirrored window's halo
+once (RUN + n - 1 powers per RUN channels) from d recomputed from x, then takes the
+transposed window sums of t in registers. Only x is saved for it; see ``_LRNFunction``. All
+arithmetic is fp32 whatever the storage type, and for beta = 3/4 the powers come from
+reciprocal square roots instead of exp2/log2 (``_rpow``).
 """
 
+import functools
+import math
 import numbers
 
 import torch
@@ -58,31 +63,163 @@ _MODES = ("sum", "avg")
 # --------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------
+#
+# Both kernels work on channel runs. A program owns BLOCK_C channels by BLOCK_P pixels, and
+# each of its threads owns RUN = min(8, BLOCK_C) consecutive channels of some pixels. The run,
+# plus the halo its windows reach into, is held as a tuple of per-channel tensors ("rows"),
+# so that every window sum is a few register adds of rows the thread already holds: the
+# tuple is unrolled at compile time and nothing is shifted at run time.
+#
+# How the rows are read depends on which axis is contiguous in memory:
+#
+# * channels_last (unit channel stride): the run is read as whole vectors of VW consecutive
+#   channels (16 bytes: 8 in 16-bit types, 4 in fp32), tiles of shape [BLOCK_P, groups, VW],
+#   and cut into rows in registers (_unpack); the halo is the neighbouring vectors, which
+#   the neighbouring threads have just read, so they come from L1. The result is put back
+#   together (_pack) and leaves in the same vectors.
+# * otherwise (NCHW: unit pixel stride): each row is its own load of [groups, BLOCK_P], a
+#   vector of consecutive pixels per thread; the RUN + halo rows are each read once.
 
 
 @triton.jit
-def _load_shifted(ptrs, offs_c, shift, C, mask_p, stride_c):
-    """Load, as fp32, the tile `shift` channels away from the one `ptrs` points at.
+def _halves(v, A: tl.constexpr, B: tl.constexpr, W: tl.constexpr):
+    """[A, B, W] -> its first and second halves, two [A, B, W // 2] tensors."""
+    return tl.split(tl.permute(tl.reshape(v, [A, B, 2, W // 2]), [0, 1, 3, 2]))
 
-    `ptrs` is the [BLOCK_C, BLOCK_P] pointer tile for channels `offs_c`, `stride_c` an int64
-    scalar. Channels outside [0, C) read as 0, which is what clips the window at the edges.
-    Calls with the same `shift` build identical expressions, so the compiler merges their loads.
+
+@triton.jit
+def _unite(lo, hi, A: tl.constexpr, B: tl.constexpr, W: tl.constexpr):
+    """The inverse of _halves: two [A, B, W // 2] tensors -> one [A, B, W]."""
+    return tl.reshape(tl.permute(tl.join(lo, hi), [0, 1, 3, 2]), [A, B, W])
+
+
+@triton.jit
+def _unpack(v, A: tl.constexpr, B: tl.constexpr, W: tl.constexpr):
+    """Cut v, of shape [A, B, W] (W in 1, 2, 4, 8) with the W axis held by one thread, into
+    a tuple of W [A, B] tensors in order. Halving by reshape/permute/split only renames
+    registers."""
+    if W == 1:
+        parts = (v,)
+    elif W == 2:
+        parts = _halves(v, A, B, 2)
+    elif W == 4:
+        a, b = _halves(v, A, B, 4)
+        parts = _halves(a, A, B, 2) + _halves(b, A, B, 2)
+    else:
+        a, b = _halves(v, A, B, 8)
+        a0, a1 = _halves(a, A, B, 4)
+        b0, b1 = _halves(b, A, B, 4)
+        parts = _halves(a0, A, B, 2) + _halves(a1, A, B, 2) + _halves(b0, A, B, 2) + _halves(b1, A, B, 2)
+    rows = ()
+    for i in tl.static_range(W):
+        rows = rows + (tl.reshape(parts[i], [A, B]),)
+    return rows
+
+
+@triton.jit
+def _pack(rows, A: tl.constexpr, B: tl.constexpr, W: tl.constexpr):
+    """The inverse of _unpack: W [A, B] tensors joined into one [A, B, W] tensor."""
+    p = ()
+    for i in tl.static_range(W):
+        p = p + (tl.reshape(rows[i], [A, B, 1]),)
+    if W == 1:
+        v = p[0]
+    elif W == 2:
+        v = _unite(p[0], p[1], A, B, 2)
+    elif W == 4:
+        v = _unite(_unite(p[0], p[1], A, B, 2), _unite(p[2], p[3], A, B, 2), A, B, 4)
+    else:
+        lo = _unite(_unite(p[0], p[1], A, B, 2), _unite(p[2], p[3], A, B, 2), A, B, 4)
+        hi = _unite(_unite(p[4], p[5], A, B, 2), _unite(p[6], p[7], A, B, 2), A, B, 4)
+        v = _unite(lo, hi, A, B, 8)
+    return v
+
+
+@triton.jit
+def _run_channel(offs_g, r, CHANNELS_LAST: tl.constexpr):
+    """Channel index of row r of every run, shaped to broadcast against a row."""
+    if CHANNELS_LAST:
+        return (offs_g + r)[None, :]
+    else:
+        return (offs_g + r)[:, None]
+
+
+@triton.jit
+def _load_rows(base, offs_g, offs_p, mask_p, C, stride_c, stride_p,
+               BELOW: tl.constexpr, ABOVE: tl.constexpr,
+               RUN: tl.constexpr, VW: tl.constexpr, EVEN_C: tl.constexpr, ROW_ALIGN: tl.constexpr,
+               CHANNELS_LAST: tl.constexpr):
+    """Rows of channels offs_g - BELOW .. offs_g + RUN + ABOVE - 1, as fp32, in order.
+
+    `offs_g` holds the first channel of each run, `offs_p` the pixels (int64); `base` points
+    at the image. Channels outside [0, C) read as 0, which is what clips the windows.
     """
-    c = offs_c + shift
-    mask = ((c >= 0) & (c < C))[:, None] & mask_p[None, :]
-    return tl.load(ptrs + shift * stride_c, mask=mask, other=0.0).to(tl.float32)
+    rows = ()
+    if CHANNELS_LAST:
+        A: tl.constexpr = offs_p.shape[0]
+        B: tl.constexpr = offs_g.shape[0]
+        lane = tl.arange(0, VW)
+        pix = (offs_p * stride_p)[:, None, None]
+        # Vectors -cdiv(BELOW, VW) .. cdiv(RUN + ABOVE, VW) - 1 of VW channels from each run start.
+        first: tl.constexpr = -((BELOW + VW - 1) // VW)
+        last: tl.constexpr = (RUN + ABOVE + VW - 1) // VW
+        for j in tl.static_range(first, last):
+            start = offs_g + j * VW
+            chan = start[None, :, None] + lane[None, None, :]
+            if EVEN_C:  # whole vectors are in or out: the mask is uniform across a vector
+                in_c = ((start >= 0) & (start < C))[None, :, None]
+            else:
+                in_c = (chan >= 0) & (chan < C)
+            v = tl.load(base + pix + chan.to(tl.int64) * stride_c,
+                        mask=mask_p[:, None, None] & in_c, other=0.0).to(tl.float32)
+            parts = _unpack(v, A, B, VW)
+            for i in tl.static_range(VW):
+                if (j * VW + i >= -BELOW) and (j * VW + i < RUN + ABOVE):
+                    rows = rows + (parts[i],)
+    else:
+        pix = (offs_p * stride_p)[None, :]
+        for r in tl.static_range(-BELOW, RUN + ABOVE):
+            chan = offs_g + r
+            mask = ((chan >= 0) & (chan < C))[:, None] & mask_p[None, :]
+            # Every row gets the alignment they all share (see ROW_ALIGN), so that they are
+            # read in one register layout and combine without shuffles through shared memory.
+            start = tl.multiple_of(chan.to(tl.int64) * stride_c, ROW_ALIGN)
+            row = tl.load(base + start[:, None] + pix, mask=mask, other=0.0)
+            rows = rows + (row.to(tl.float32),)
+    return rows
 
 
 @triton.jit
-def _window_sumsq(ptrs, offs_c, shift, C, mask_p, stride_c, SIZE: tl.constexpr):
-    """Sum of x^2 over the LRN window of the channels `shift` away from `offs_c`."""
-    LO: tl.constexpr = SIZE // 2
-    acc = _load_shifted(ptrs, offs_c, shift - LO, C, mask_p, stride_c)
-    acc = acc * acc
-    for r in tl.static_range(1, SIZE):
-        v = _load_shifted(ptrs, offs_c, shift + r - LO, C, mask_p, stride_c)
-        acc += v * v
-    return acc
+def _store_rows(base, rows, offs_g, offs_p, mask_p, C, stride_c, stride_p,
+                RUN: tl.constexpr, VW: tl.constexpr, EVEN_C: tl.constexpr, ROW_ALIGN: tl.constexpr,
+                CHANNELS_LAST: tl.constexpr):
+    """Store RUN rows (channels offs_g .. offs_g + RUN - 1) in base's element type."""
+    if CHANNELS_LAST:
+        A: tl.constexpr = offs_p.shape[0]
+        B: tl.constexpr = offs_g.shape[0]
+        lane = tl.arange(0, VW)
+        pix = (offs_p * stride_p)[:, None, None]
+        for j in tl.static_range(RUN // VW):
+            part = ()
+            for i in tl.static_range(VW):
+                part = part + (rows[j * VW + i],)
+            start = offs_g + j * VW
+            chan = start[None, :, None] + lane[None, None, :]
+            if EVEN_C:
+                in_c = (start < C)[None, :, None]
+            else:
+                in_c = chan < C
+            v = _pack(part, A, B, VW)
+            tl.store(base + pix + chan.to(tl.int64) * stride_c, v.to(base.dtype.element_ty),
+                     mask=mask_p[:, None, None] & in_c)
+    else:
+        pix = (offs_p * stride_p)[None, :]
+        for r in tl.static_range(RUN):
+            chan = offs_g + r
+            mask = (chan < C)[:, None] & mask_p[None, :]
+            start = tl.multiple_of(chan.to(tl.int64) * stride_c, ROW_ALIGN)
+            tl.store(base + start[:, None] + pix, rows[r].to(base.dtype.element_ty),
+                     mask=mask)
 
 
 @triton.jit
@@ -91,8 +228,7 @@ def _rpow(d, beta, EXTRA: tl.constexpr, BETA_IS_3_4: tl.constexpr):
 
     For beta = 3/4, which is what LRN is used with, this takes two reciprocal square roots,
     d^-3/4 = d^-1/2 * (d^1/2)^-1/2, rather than exp2 of a full-precision log2 (a polynomial of
-    some two dozen instructions: it would dominate the backward, which needs SIZE powers per
-    element).
+    some two dozen instructions).
     """
     if BETA_IS_3_4:
         r = tl.rsqrt(d)
@@ -104,15 +240,30 @@ def _rpow(d, beta, EXTRA: tl.constexpr, BETA_IS_3_4: tl.constexpr):
         return tl.exp2(-(beta + EXTRA) * tl.log2(d))
 
 
+@triton.jit
+def _tile_offsets(N, P, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, RUN: tl.constexpr):
+    """(image, first channel of each run, pixels, pixel mask) of this program, int64 where
+    products with strides follow (so that tensors past 2**31 elements are addressed exactly).
+
+    Axis 0 enumerates (image, pixel block) pairs, axis 1 the channel chunks."""
+    pid = tl.program_id(0)
+    num_p_blocks = tl.cdiv(P, BLOCK_P)
+    pid_n = (pid // num_p_blocks).to(tl.int64)
+    pid_p = (pid % num_p_blocks).to(tl.int64)
+    offs_g = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C // RUN) * RUN
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    return pid_n, offs_g, offs_p, offs_p < P
+
+
 def _tile_configs(max_block_c, elems_per_thread, interpret=support.INTERPRET):
     """Autotuning space: channel chunk, pixel block and warps per program.
 
-    `elems_per_thread` bounds the tile to what fits in registers: the forward holds its n
-    shifted tiles of x at once (they are all loaded up front), the backward 2n-1 of x and n of
-    the gradient, so it gets tiles a quarter the size. `_prune_configs`
-    then narrows the space to the shape at hand. Under the interpreter autotuning would run
-    every config, so there is a single one; its small channel chunk makes C > 16 take the
-    chunked path (halo loads across chunk boundaries), which the tests then cover.
+    A tile holds `elems_per_thread` elements per thread: runs of up to 8 channels times one
+    or more pixels (channels_last), or 8 channels times a vector of pixels (NCHW).
+    `_prune_configs` then narrows the space to the shape at hand. Under the interpreter
+    autotuning would run every config, so there is a single one; its chunk of 16 channels is
+    two runs of 8, and C > 16 takes the chunked path (halo loads across chunk boundaries),
+    which the tests then cover.
     """
     if interpret:
         return [triton.Config({"BLOCK_C": 16, "BLOCK_P": 16}, num_warps=1)]
@@ -128,26 +279,45 @@ def _tile_configs(max_block_c, elems_per_thread, interpret=support.INTERPRET):
     return configs
 
 
-def _prune_configs(configs, named_args, **kwargs):
+def _vector_elems(args):
+    """Elements in a 16-byte vector of the kernel's input (bf16 when not known)."""
+    x = args.get("X")
+    return 16 // x.element_size() if isinstance(x, torch.Tensor) else 8
+
+
+def _prune_configs(configs, named_args, *, backward=False, **kwargs):
     """Keep the tilings that suit this shape and layout.
 
     The channel chunk is all channels (rounded up to a power of two) when they fit, so that no
     program re-reads a neighbour's channels; with channels_last (unit channel stride) that is
-    also what makes the tile one contiguous run of memory. With NCHW the pixels are
-    contiguous: a narrower chunk of 32 channels is tried as well, and pixel rows shorter than
-    16 elements (less than a 32-byte sector in 16-bit types) are dropped unless the image is
-    that small. Pixel blocks much longer than the image are dropped too.
+    also what makes the tile one contiguous run of memory, read as 16-byte vectors of
+    channels. With NCHW the pixels are contiguous: a narrower chunk of 32 channels is tried as
+    well, and each thread should hold a run of 8 channels by a vector of 2 to 16 bytes of
+    pixels (more would spill, fewer would be narrow loads); pixel blocks much longer than the
+    image are dropped. `backward` (the backward kernel's prune) holds fewer pixels per thread.
     """
     args = {**named_args, **kwargs}
     channels, pixels = args["C"], args["P"]
     full = min(triton.next_power_of_2(channels), max(cfg.kwargs["BLOCK_C"] for cfg in configs))
     if args["stride_xc"] == 1:
-        chunks, min_block_p = {full}, 1
+        chunks = {full}
     else:
-        chunks, min_block_p = {full, min(full, 32)}, min(16, triton.next_power_of_2(pixels))
+        chunks = {full, min(full, 32)}
     candidates = [cfg for cfg in configs if cfg.kwargs["BLOCK_C"] in chunks] or list(configs)
     max_block_p = max(triton.next_power_of_2(pixels), min(cfg.kwargs["BLOCK_P"] for cfg in candidates))
-    kept = [cfg for cfg in candidates if min_block_p <= cfg.kwargs["BLOCK_P"] <= max_block_p]
+    kept = [cfg for cfg in candidates if cfg.kwargs["BLOCK_P"] <= max_block_p]
+    if args["stride_xc"] != 1:
+        vec = _vector_elems(args)
+
+        def pixels_per_thread(cfg):
+            block_c, block_p = cfg.kwargs["BLOCK_C"], cfg.kwargs["BLOCK_P"]
+            return block_p * (block_c // min(8, block_c)) / (32 * cfg.num_warps)
+
+        # Rows that are not all 16-byte aligned (an odd H*W) are read element by element:
+        # 4 pixels per thread then in the forward (8 pixels of 12 scalar rows spill), 2 in the
+        # backward (28 rows of 4 pixels take all 255 registers).
+        most = vec if math.gcd(args["stride_xc"], vec) == vec else min(vec, 2 if backward else 4)
+        kept = [cfg for cfg in kept if 2 <= pixels_per_thread(cfg) <= most] or kept
     return kept or candidates
 
 
@@ -168,36 +338,37 @@ def _lrn_fwd_kernel(
     # Normalisation parameters; alpha is already divided by SIZE in "avg" mode
     alpha, beta, k,
     # Meta-parameters
-    SIZE: tl.constexpr,         # channels in the window (n)
-    BETA_IS_3_4: tl.constexpr,  # beta == 0.75: powers from reciprocal square roots
-    BLOCK_C: tl.constexpr,      # channels per tile
-    BLOCK_P: tl.constexpr,      # pixels per tile
+    SIZE: tl.constexpr,           # channels in the window (n)
+    BETA_IS_3_4: tl.constexpr,    # beta == 0.75: powers from reciprocal square roots
+    CHANNELS_LAST: tl.constexpr,  # unit channel stride: vectors run along channels
+    VEC: tl.constexpr,            # elements in 16 bytes of X
+    EVEN_C: tl.constexpr,         # C % VEC == 0: channel masks are uniform per vector
+    ROW_ALIGN: tl.constexpr,      # NCHW: gcd(channel stride, VEC), the alignment all rows share
+    BLOCK_C: tl.constexpr,        # channels per tile
+    BLOCK_P: tl.constexpr,        # pixels per tile
 ):
-    # Axis 0 enumerates (image, pixel block) pairs, axis 1 the channel chunks. Offsets are
-    # int64 (program ids, indices and strides cast before any product) so that tensors past
-    # 2**31 elements are addressed exactly.
-    pid = tl.program_id(0)
-    num_p_blocks = tl.cdiv(P, BLOCK_P)
-    pid_n = (pid // num_p_blocks).to(tl.int64)
-    pid_p = (pid % num_p_blocks).to(tl.int64)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_p = offs_p < P
-    stride_xc = tl.cast(stride_xc, tl.int64)
-    x_ptrs = (X + pid_n * stride_xn
-              + offs_c.to(tl.int64)[:, None] * stride_xc + (offs_p * stride_xp)[None, :])
+    LO: tl.constexpr = SIZE // 2        # the window reaches LO channels below
+    HI: tl.constexpr = (SIZE - 1) // 2  # and HI above
+    RUN: tl.constexpr = BLOCK_C if BLOCK_C < 8 else 8
+    VW: tl.constexpr = RUN if RUN < VEC else VEC
+    pid_n, offs_g, offs_p, mask_p = _tile_offsets(N, P, BLOCK_C, BLOCK_P, RUN)
 
-    # S_c = sum of x^2 over the window, from SIZE shifted loads (all but one hit the cache).
-    sumsq = _window_sumsq(x_ptrs, offs_c, 0, C, mask_p, stride_xc, SIZE)
-    x = _load_shifted(x_ptrs, offs_c, 0, C, mask_p, stride_xc)  # merged with a load above
+    # xs[i] is channel offs_g - LO + i: the run and its halo, each element read once.
+    xs = _load_rows(X + pid_n * stride_xn, offs_g, offs_p, mask_p, C, stride_xc, stride_xp,
+                    LO, HI, RUN, VW, EVEN_C, ROW_ALIGN, CHANNELS_LAST)
 
-    # y = x * (k + alpha * S)^(-beta), in fp32 whatever the storage type.
-    y = x * _rpow(k + alpha * sumsq, beta, 0, BETA_IS_3_4)
+    # S_j = sum of x^2 over rows j .. j + SIZE - 1, formed directly (no running sum with
+    # subtractions, so no cancellation when a large activation leaves the window); the
+    # squares are shared between windows. y = x * (k + alpha * S)^(-beta), all in fp32.
+    ys = ()
+    for j in tl.static_range(RUN):
+        s = xs[j] * xs[j]
+        for r in tl.static_range(1, SIZE):
+            s += xs[j + r] * xs[j + r]
+        ys = ys + (xs[j + LO] * _rpow(k + alpha * s, beta, 0, BETA_IS_3_4),)
 
-    y_ptrs = (Y + pid_n * stride_yn
-              + offs_c.to(tl.int64)[:, None] * stride_yc + (offs_p * stride_yp)[None, :])
-    mask = (offs_c < C)[:, None] & mask_p[None, :]
-    tl.store(y_ptrs, y.to(Y.dtype.element_ty), mask=mask)
+    _store_rows(Y + pid_n * stride_yn, ys, offs_g, offs_p, mask_p, C, stride_yc, stride_yp,
+                RUN, VW, EVEN_C, ROW_ALIGN, CHANNELS_LAST)
 
 
 @triton.jit
@@ -213,69 +384,72 @@ def _lrn_bwd_kernel(
     # Normalisation parameters; alpha is already divided by SIZE in "avg" mode
     alpha, beta, k,
     # Meta-parameters
-    SIZE: tl.constexpr,         # channels in the window (n)
-    BETA_IS_3_4: tl.constexpr,  # beta == 0.75: powers from reciprocal square roots
-    BLOCK_C: tl.constexpr,      # channels per tile
-    BLOCK_P: tl.constexpr,      # pixels per tile
+    SIZE: tl.constexpr,           # channels in the window (n)
+    BETA_IS_3_4: tl.constexpr,    # beta == 0.75: powers from reciprocal square roots
+    CHANNELS_LAST: tl.constexpr,  # unit channel stride: vectors run along channels
+    VEC: tl.constexpr,            # elements in 16 bytes of X
+    EVEN_C: tl.constexpr,         # C % VEC == 0: channel masks are uniform per vector
+    ROW_ALIGN: tl.constexpr,      # NCHW: gcd(channel stride, VEC), the alignment all rows share
+    BLOCK_C: tl.constexpr,        # channels per tile
+    BLOCK_P: tl.constexpr,        # pixels per tile
 ):
-    # With d_i = k + alpha * S_i and y_i = x_i * d_i^-beta:
-    #   dx_j = g_j * d_j^-beta - 2 * beta * alpha * x_j * sum_{i : j in window(i)} g_i x_i d_i^(-beta-1)
-    # window(i) = [i - SIZE//2, i + (SIZE-1)//2], so j is in window(i) iff
-    # i is in [j - (SIZE-1)//2, j + SIZE//2]: the transposed window, which differs from
-    # window(j) when SIZE is even. d is recomputed from x (nothing but x is saved).
+    # With d_i = k + alpha * S_i, y_i = x_i * d_i^-beta and t_i = g_i * x_i * d_i^(-beta-1):
+    #   dx_j = g_j * d_j^-beta - 2 * beta * alpha * x_j * sum_{i : j in window(i)} t_i
+    # window(i) = [i - LO, i + HI], so j is in window(i) iff i is in [j - HI, j + LO]: the
+    # transposed window, mirrored when SIZE is even. Each t_i is formed once per run (for
+    # RUN + SIZE - 1 channels), which takes the windows of x over RUN + 2 * (SIZE - 1)
+    # channels; d is recomputed from x (nothing but x is saved).
+    LO: tl.constexpr = SIZE // 2
     HI: tl.constexpr = (SIZE - 1) // 2
+    RUN: tl.constexpr = BLOCK_C if BLOCK_C < 8 else 8
+    VW: tl.constexpr = RUN if RUN < VEC else VEC
+    pid_n, offs_g, offs_p, mask_p = _tile_offsets(N, P, BLOCK_C, BLOCK_P, RUN)
 
-    pid = tl.program_id(0)
-    num_p_blocks = tl.cdiv(P, BLOCK_P)
-    pid_n = (pid // num_p_blocks).to(tl.int64)
-    pid_p = (pid % num_p_blocks).to(tl.int64)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_p = offs_p < P
-    stride_xc = tl.cast(stride_xc, tl.int64)
-    stride_gc = tl.cast(stride_gc, tl.int64)
-    x_ptrs = (X + pid_n * stride_xn
-              + offs_c.to(tl.int64)[:, None] * stride_xc + (offs_p * stride_xp)[None, :])
-    g_ptrs = (G + pid_n * stride_gn
-              + offs_c.to(tl.int64)[:, None] * stride_gc + (offs_p * stride_gp)[None, :])
+    # xs[i] is channel offs_g - (SIZE - 1) + i, gs[i] channel offs_g - HI + i.
+    xs = _load_rows(X + pid_n * stride_xn, offs_g, offs_p, mask_p, C, stride_xc, stride_xp,
+                    SIZE - 1, SIZE - 1, RUN, VW, EVEN_C, ROW_ALIGN, CHANNELS_LAST)
+    gs = _load_rows(G + pid_n * stride_gn, offs_g, offs_p, mask_p, C, stride_gc, stride_gp,
+                    HI, LO, RUN, VW, EVEN_C, ROW_ALIGN, CHANNELS_LAST)
 
-    # Each of the SIZE channels i of the transposed window needs its own d_i, i.e. its own
-    # window of x: x is read at 2*SIZE-1 distinct shifts (the repeats are merged), all from
-    # the cache except the tile and its halo.
-    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-    for s in tl.static_range(SIZE):
-        shift = s - HI
-        d_i = k + alpha * _window_sumsq(x_ptrs, offs_c, shift, C, mask_p, stride_xc, SIZE)
-        x_i = _load_shifted(x_ptrs, offs_c, shift, C, mask_p, stride_xc)
-        g_i = _load_shifted(g_ptrs, offs_c, shift, C, mask_p, stride_gc)
-        term = g_i * x_i * _rpow(d_i, beta, 1, BETA_IS_3_4)
-        # Channels outside [0, C) load as 0, but d_i^(-beta-1) is inf there when k == 0.
-        c_i = offs_c + shift
-        acc += tl.where(((c_i >= 0) & (c_i < C))[:, None], term, 0.0)
+    # ts[i] = t of channel offs_g - HI + i; its window of x is xs[i] .. xs[i + SIZE - 1].
+    ts = ()
+    ds = ()  # d_j of the run's own channels, and d_j^(-beta-1) in ps: reused below
+    ps = ()
+    for i in tl.static_range(RUN + SIZE - 1):
+        s = xs[i] * xs[i]
+        for r in tl.static_range(1, SIZE):
+            s += xs[i + r] * xs[i + r]
+        d = k + alpha * s
+        p = _rpow(d, beta, 1, BETA_IS_3_4)
+        # Channels outside [0, C) load as 0, but d^(-beta-1) is inf there when k == 0.
+        chan = _run_channel(offs_g, i - HI, CHANNELS_LAST)
+        ts = ts + (tl.where((chan >= 0) & (chan < C), gs[i] * xs[i + LO] * p, 0.0),)
+        if (i >= HI) and (i < HI + RUN):
+            ds = ds + (d,)
+            ps = ps + (p,)
 
-    # The centre (i = j) again; these loads and the power merge with the loop's s == HI step.
-    d = k + alpha * _window_sumsq(x_ptrs, offs_c, 0, C, mask_p, stride_xc, SIZE)
-    x = _load_shifted(x_ptrs, offs_c, 0, C, mask_p, stride_xc)
-    g = _load_shifted(g_ptrs, offs_c, 0, C, mask_p, stride_gc)
-    p = _rpow(d, beta, 1, BETA_IS_3_4)  # d^(-beta-1); d^-beta = d * p saves a power
-    dx = g * (d * p) - 2.0 * beta * alpha * x * acc
+    dxs = ()
+    for j in tl.static_range(RUN):
+        acc = ts[j]
+        for r in tl.static_range(1, SIZE):
+            acc += ts[j + r]
+        # d^-beta = d * d^(-beta-1) saves a power.
+        dxs = dxs + (gs[j + HI] * (ds[j] * ps[j]) - 2.0 * beta * alpha * xs[j + SIZE - 1] * acc,)
 
-    dx_ptrs = (DX + pid_n * stride_dn
-               + offs_c.to(tl.int64)[:, None] * stride_dc + (offs_p * stride_dp)[None, :])
-    mask = (offs_c < C)[:, None] & mask_p[None, :]
-    tl.store(dx_ptrs, dx.to(DX.dtype.element_ty), mask=mask)
+    _store_rows(DX + pid_n * stride_dn, dxs, offs_g, offs_p, mask_p, C, stride_dc, stride_dp,
+                RUN, VW, EVEN_C, ROW_ALIGN, CHANNELS_LAST)
 
 
 _lrn_fwd_tuned = triton.autotune(
-    configs=_tile_configs(max_block_c=256, elems_per_thread=(8, 16)),
+    configs=_tile_configs(max_block_c=256, elems_per_thread=(8, 16, 32, 64)),
     key=_AUTOTUNE_KEY,
     prune_configs_by={"early_config_prune": _prune_configs},
 )(_lrn_fwd_kernel)
 
 _lrn_bwd_tuned = triton.autotune(
-    configs=_tile_configs(max_block_c=128, elems_per_thread=(2, 4)),
+    configs=_tile_configs(max_block_c=128, elems_per_thread=(8, 16, 32)),
     key=_AUTOTUNE_KEY,
-    prune_configs_by={"early_config_prune": _prune_configs},
+    prune_configs_by={"early_config_prune": functools.partial(_prune_configs, backward=True)},
 )(_lrn_bwd_kernel)
 
 
@@ -372,7 +546,9 @@ def launch_args(x, size, alpha, beta, k, grad_y=None, out=None):
     assert out_view is out  # dense in `fmt`, so never copied
     n, c, pixels = sizes
     args = (*views, out, n, c, pixels, *strides, float(alpha), float(beta), float(k))
-    meta = dict(SIZE=size, BETA_IS_3_4=float(beta) == 0.75)
+    vec = 16 // x.element_size()
+    meta = dict(SIZE=size, BETA_IS_3_4=float(beta) == 0.75, CHANNELS_LAST=strides[1] == 1,
+                VEC=vec, EVEN_C=c % vec == 0, ROW_ALIGN=math.gcd(strides[1], vec))
 
     def grid(m):
         return (n * triton.cdiv(pixels, m["BLOCK_P"]), triton.cdiv(c, m["BLOCK_C"]))
@@ -412,7 +588,7 @@ def _lrn_backward(x, grad_y, size, alpha, beta, k, block=None, out=None):
 class _LRNFunction(torch.autograd.Function):
     # Saves x only and recomputes d = k + alpha * S in the backward: saving d instead would cost
     # an extra full-size write in the forward and read in the backward (in fp32 to keep its
-    # precision), while the backward has to read x anyway and the window sums come from cache.
+    # precision), while the backward has to read x anyway and forms the window sums in registers.
 
     @staticmethod
     def forward(ctx, x, size, alpha, beta, k):
