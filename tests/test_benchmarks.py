@@ -115,3 +115,15 @@ def test_dense_benchmark_runs_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _table_rows((tmp_path / "dense.md").read_text())
     assert [row[0] for row in rows] == ["method", "dense", "multi-crop"]
+
+
+def test_emitted_size_table(tmp_path):
+    """The emitted-source table: a depth change is a repeat count, so ResNet-110 and ResNet-1202
+    emit files of the same length, and every row's file is shorter than one line per layer
+    would make it for the deep nets."""
+    result = _run("emitted_size.py", out=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {r[0]: r for r in _table_rows((tmp_path / "emitted_size.md").read_text())[1:]}
+    assert rows["cifar_resnet n=18"][2] == rows["cifar_resnet n=200"][2]
+    for name in ("cifar_resnet n=200", "resnet152", "densenet121"):
+        assert int(rows[name][2]) < int(rows[name][1].replace(",", "")), rows[name]
