@@ -126,8 +126,8 @@ def _tree(graph: ArchGraph, hierarchical: bool) -> Level:
             continue
         path, local = _where(graph, node) if hierarchical else ((), node)
         home = level(path)
-        if local in home.nodes:  # two nodes given one name (a graph not from the front end)
-            local = node
+        while local in home.nodes:  # a label that an op's own name also takes: the later one
+            local = node if local != node else local + "_"  # keeps its (unique) node name
         home.nodes[local] = node
         home.members.append(("node", local))
     _contain(root)

@@ -20,6 +20,7 @@ from archdsl import Op
 from archdsl.cli import main
 from archdsl.codegen.torch_source import class_name, emit_source
 from archdsl.pipeline import lower_graph
+from archdsl.testing import check_lowering
 
 # Every kind of node the torch lowering makes: conv, LRN, pools, BN, ReLU, option A shortcut,
 # projection shortcut, add, dropout, fc on a map, softmax.
@@ -244,3 +245,13 @@ def test_a_graph_whose_calls_cannot_be_contracted_lowers_flat():
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
     _emitted(emit_source(lower_graph(graph)), "cifar_resnet")  # the source is flat too, and runs
+
+
+def test_a_label_names_a_layer_and_a_bare_block_repeat_is_a_sequence():
+    graph = archdsl.loads("block unit() { conv3-8; bn }\n"
+                          "net t : 3x16x16 { stem = conv3-8 bias=false; bn; unit x3; head = unit; conv3-8; gap; fc-3 }")
+    keys = [k for k in archdsl.compile(graph).state_dict() if k.endswith(".weight")]
+    assert keys == ["stem.weight", "bn1.weight", "unit1.0.conv1.weight", "unit1.0.bn1.weight",
+                    "unit1.1.conv1.weight", "unit1.1.bn1.weight", "unit1.2.conv1.weight", "unit1.2.bn1.weight",
+                    "head.conv1.weight", "head.bn1.weight", "conv2.weight", "fc1.weight"]
+    check_lowering(graph)  # the emitted source names them alike and computes the same

@@ -147,6 +147,7 @@ class Builder:
         self.graph = ArchGraph()
         self.counters: dict[str, int] = {}
         self.locals: dict[tuple, int] = {}  # (module path, name stem) -> layers named so far
+        self.calls: dict[int, ast.Call] = {}  # a layer statement that names a block -> its call
         self.instances: dict[str, int] = {}
         self.current = ""
         self.pending: tuple[Span, _Scope, tuple] | None = None  # an implied ReLU waiting for its place
@@ -304,7 +305,11 @@ class Builder:
             return
         if layer.name in self.program.blocks and layer.width is None and layer.stride is None \
                 and not layer.options:
-            return self.call(ast.Call(layer.name, (), (), layer.span), env, scope)
+            call = self.calls.get(id(layer))  # one call per statement, whatever its repeats
+            if call is None:
+                call = self.calls[id(layer)] = ast.Call(layer.name, (), (), layer.span, repeat=layer.repeat,
+                                                        label=layer.label)
+            return self.call(call, env, scope)
         if resolve_name(layer.name) is None:
             raise self.unknown(layer.name, layer.span, scope)
         op, attrs, act = layer_op(layer, self.with_width(layer, env), self.limits)
@@ -312,7 +317,10 @@ class Builder:
             self.pending = None
         elif op not in BEFORE_ACTIVATION:
             self.flush()
-        self.emit(op, attrs, layer.span, scope)
+        name = self.emit(op, attrs, layer.span, scope)
+        if layer.label is not None and layer.repeat is None:  # ``stem = conv7-64/2``: the layer's name
+            label = ("b" if layer.label.name.startswith("__") else "") + layer.label.name
+            self.graph.graph.setdefault("modules", {})[name] = (scope.module, label, scope.blocks)
         if act == "relu":
             self.pending = (layer.span, scope, self.stmts)
 
