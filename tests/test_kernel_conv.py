@@ -600,3 +600,43 @@ def test_module_checks_a_layout_once_then_launches_from_its_cache(monkeypatch):
     xg = x.clone().requires_grad_(True)
     fused(xg, r).sum().backward()
     assert xg.grad is not None and len(checks) == 3
+
+
+@pytest.mark.parametrize("c_in, bn", [(16, False), (16, True), (3, False)], ids=["conv", "conv_bn", "small_c"])
+def test_fused_pool_packs_once_and_launches_from_the_cache(monkeypatch, c_in, bn):
+    """The lowered module's pooled node (runtime.fused_conv(..., pool=True)) runs through the
+    conv's cached packed weight and launch: several eval calls pack the weight once and check
+    the layout once; an in-place weight update repacks once more (and, with a BN, refolds)."""
+    from archdsl.codegen.triton import runtime
+
+    gen = torch.Generator().manual_seed(6)
+    layer = conv.FusedConv2d(c_in, 16, 3, padding=1, relu=not bn).to(DEVICE).eval()
+    norm = None
+    if bn:
+        norm = torch.nn.BatchNorm2d(16).to(DEVICE).eval()
+        with torch.no_grad():
+            for t in (norm.weight, norm.bias, norm.running_mean):
+                t.copy_(_rand(gen, 16, dtype=torch.float32))
+            norm.running_var.copy_(_rand(gen, 16, dtype=torch.float32).abs() + 0.5)
+    x = _rand(gen, 2, c_in, 6, 9, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+
+    def ref():
+        y = _reference(x, layer.weight, layer.bias, 1, 1, 1, False, None)
+        if norm is not None:
+            d = lambda t: t.detach().to("cpu", torch.float64)[None, :, None, None]  # noqa: E731
+            y = (y - d(norm.running_mean)) / (d(norm.running_var) + norm.eps).sqrt() * d(norm.weight) + d(norm.bias)
+        return F.max_pool2d(torch.relu(y), 2)
+
+    packs, checks = [], []
+    real_pack, real_check = conv.pack_weight, conv._check_inputs
+    monkeypatch.setattr(conv, "pack_weight", lambda *a: packs.append(a) or real_pack(*a))
+    monkeypatch.setattr(conv, "_check_inputs", lambda *a: checks.append(a) or real_check(*a))
+    with torch.no_grad():
+        for _ in range(3):
+            _assert_close(runtime.fused_conv(x, layer, norm, relu=True, pool=True), ref(), torch.float32)
+        assert (len(packs), len(checks)) == (1, 1)
+        layer.weight.mul_(-1.0)  # an optimizer-style in-place update
+        for _ in range(2):
+            _assert_close(runtime.fused_conv(x, layer, norm, relu=True, pool=True), ref(), torch.float32)
+        # Repacked once; with a BN the refolded conv is a new module, whose layout is checked once.
+        assert (len(packs), len(checks)) == (2, 2 if bn else 1)

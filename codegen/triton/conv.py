@@ -493,16 +493,21 @@ class FusedConv2d(torch.nn.Conv2d):
             self._packed_key = key
         return self._packed
 
-    def _launch_key(self, x, residual) -> tuple:
+    def _launch_key(self, x, residual, pool=False) -> tuple:
         res = None if residual is None else (residual.shape, residual.stride(), residual.dtype, residual.device)
         return (x.shape, x.stride(), x.dtype, x.device, res, self.bias is None,
-                torch.backends.cudnn.allow_tf32)
+                torch.backends.cudnn.allow_tf32, pool)
 
-    def _fast_forward(self, x, residual):
+    def _fast_forward(self, x, residual, pool=False):
         """Inference forward through a launch checked once per input layout: the Python cost
         per call is a dict lookup, the output's allocation and the launch itself. None where
-        the input is not one the cache takes (not channels_last; then the checked path runs)."""
-        key = self._launch_key(x, residual)
+        the input is not one the cache takes (not channels_last; then the checked path runs).
+        With ``pool`` the launch is the pooled epilogue's (no residual)."""
+        if pool and uses_small_c_kernel(self.weight.shape[1]):
+            # No pooled epilogue in the small-C kernel: its cached launch, then the pool kernel.
+            y = self._fast_forward(x, None)
+            return None if y is None else max_pool2d(y, 2)
+        key = self._launch_key(x, residual, pool)
         launches = _LAUNCHES.setdefault(self, {})
         hit = launches.get(key)
         w_packed = self._packed_weight()
@@ -512,13 +517,13 @@ class FusedConv2d(torch.nn.Conv2d):
                                                          and not residual.is_contiguous(memory_format=cl)):
                 return None
             stride, padding, out_shape = _check_inputs(
-                x, self.weight, self.bias, residual, self.stride, self.padding, self.groups)
+                x, self.weight, self.bias, residual, self.stride, self.padding, self.groups, pool)
             if self.bias is not None and not self.bias.is_contiguous():
                 return None
             out = torch.empty(out_shape, device=x.device, dtype=x.dtype, memory_format=cl)
             kernel, grid, args, flags = launch_args(
                 x, w_packed, self.bias, residual, out, tuple(self.weight.shape[2:]), stride, padding,
-                self.groups, self.relu)
+                self.groups, self.relu, pool=pool)
             hit = launches[key] = (out_shape, kernel, grid, flags, args[5:])
         out_shape, kernel, grid, flags, tail = hit
         out = torch.empty(out_shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
@@ -533,11 +538,28 @@ class FusedConv2d(torch.nn.Conv2d):
             _launch_kernel(kernel, grid, args, flags, None)
         return out
 
+    def _needs_grad(self, x, residual=None) -> bool:
+        return torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, self.weight, self.bias, residual))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """``F.max_pool2d(self(x), 2)`` with the pool in the kernel's epilogue: inference only
+        (no gradient needed) and an input the kernel takes. Through the same packed weight
+        and launch cache as :meth:`forward`, so repeated calls repack nothing and check
+        nothing."""
+        if not support.kernel_can_run(x, self.weight):
+            raise ValueError(f"FusedConv2d.pooled: {support.why_not('conv', x, self.weight)}")
+        if self._needs_grad(x):
+            raise ValueError("FusedConv2d.pooled is inference only (run under torch.no_grad, or pool separately)")
+        y = self._fast_forward(x, None, pool=True)
+        if y is not None:
+            return y
+        return _forward(x, self.weight, self.bias, self.stride, self.padding, self.groups, self.relu,
+                        w_packed=self._packed_weight(), pool=True)
+
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if support.kernel_can_run(x, self.weight):
-            if not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
-                                                 or (self.bias is not None and self.bias.requires_grad)
-                                                 or (residual is not None and residual.requires_grad))):
+            if not self._needs_grad(x, residual):
                 y = self._fast_forward(x, residual)
                 if y is not None:
                     return y
