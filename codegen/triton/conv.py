@@ -25,11 +25,16 @@ Two kernels share the tiling, the epilogue and the packed weight:
 
 ``conv2d_fwd_small_c_kernel`` (few input channels per group, e.g. the RGB first layer)
     With ``C_in_g = 3`` a 16-wide channel block would be 3/16 useful. Instead ``BLOCK_K``
-    covers the flattened ``(r, s, c)`` index and each element of the K block is decomposed
-    on its own, so a 7x7x3 stem walks K = 147 in three 64-wide (or five 32-wide) blocks
-    rather than 49 blocks that are 81% padding. These layers are memory-bound (writing the
-    output dominates), so the aim is to keep the loop short and the loads few, not to
-    saturate the tensor cores.
+    covers the flattened ``(r, s, c)`` index, so a 7x7x3 stem walks K in a few blocks rather
+    than 49 blocks that are 81% padding. It reads a stem copy of the input made at launch
+    (:func:`stem_input`): NHWC with each group's channels zero-padded to ``C_PAD``, a power
+    of two >= 4 (:func:`~.conv_tuning.stem_channels`; 4 for RGB), and the image zero-padded
+    by the conv's padding. A pixel's channels are then one aligned 8- or 16-byte vector,
+    every window lies inside the copy (no border test), and the K block is copied to shared
+    memory vector by vector instead of gathered element by element into registers; the
+    weight's input channels are padded with zeros to match when it is packed. These layers
+    are memory-bound (writing the output dominates), so the aim is to keep the loop short
+    and the loads few, not to saturate the tensor cores; the copy is 4/3 of an RGB input.
 
 Both accumulate in fp32 and apply ``+ bias``, ``+ residual`` (added before the activation,
 as in a ResNet block), ReLU and the cast to the output dtype in registers before a single
@@ -54,7 +59,7 @@ import triton
 
 from archdsl.codegen.triton import support
 from archdsl.codegen.triton.conv_kernels import conv2d_fwd_kernel, conv2d_fwd_small_c_kernel
-from archdsl.codegen.triton.conv_tuning import uses_small_c_kernel
+from archdsl.codegen.triton.conv_tuning import stem_channels, uses_small_c_kernel
 from archdsl.codegen.triton.pool import max_pool2d
 
 __all__ = [
@@ -63,6 +68,7 @@ __all__ = [
     "conv2d_relu",
     "launch_args",
     "pack_weight",
+    "stem_input",
 ]
 
 
@@ -77,8 +83,12 @@ def _pair(value, name: str) -> tuple[int, int]:
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
-def pack_weight(weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
+def pack_weight(weight: torch.Tensor, groups: int = 1, small_c: bool | None = None) -> torch.Tensor:
     """[C_out, C_in_g, kh, kw] -> [groups, kh * kw * C_in_g, C_out_g] (K index = (r, s, c)).
+
+    For the small-C kernel (``small_c``; default by channel count) the input channels are
+    first zero-padded to :func:`~.conv_tuning.stem_channels` (C_in_g = 3 -> 4), to match the
+    kernel's stem copy of the input.
 
     Stored with C_out contiguous, except float32 weights of the general kernel, which are
     stored K-contiguous (the same view, other strides; the kernels take any). Hopper's TF32
@@ -94,7 +104,13 @@ def pack_weight(weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
         )
     c_out, c_in_g, kh, kw = weight.shape
     w = weight.detach().reshape(groups, c_out // groups, c_in_g, kh, kw)
-    if weight.dtype == torch.float32 and not uses_small_c_kernel(c_in_g):
+    if small_c is None:
+        small_c = uses_small_c_kernel(c_in_g)
+    if small_c:
+        c_pad = stem_channels(c_in_g)
+        w = F.pad(w, (0, 0, 0, 0, 0, c_pad - c_in_g))
+        return w.permute(0, 3, 4, 2, 1).reshape(groups, kh * kw * c_pad, c_out // groups).contiguous()
+    if weight.dtype == torch.float32:
         k_major = w.permute(0, 1, 3, 4, 2).reshape(groups, c_out // groups, kh * kw * c_in_g).contiguous()
         return k_major.transpose(1, 2)
     return w.permute(0, 3, 4, 2, 1).reshape(groups, kh * kw * c_in_g, c_out // groups).contiguous()
@@ -185,6 +201,19 @@ def _check_inputs(x, weight, bias, residual, stride, padding, groups, pool=False
     return stride, padding, out_shape
 
 
+def stem_input(x: torch.Tensor, groups: int, padding: tuple[int, int]) -> torch.Tensor:
+    """The small-C kernel's copy of ``x`` ([N, C_in, H, W]): [N, groups * C_PAD, H + 2 * ph,
+    W + 2 * pw], channels_last, with group g's channel c at g * C_PAD + c and zeros in the
+    padded channels and the border. Works on meta tensors (no memory) for :mod:`.aot`."""
+    n, c_in, h, w = x.shape
+    c_in_g = c_in // groups
+    c_pad = stem_channels(c_in_g)
+    ph, pw = padding
+    copy = x.new_zeros((n, h + 2 * ph, w + 2 * pw, groups, c_pad))
+    copy[:, ph:ph + h, pw:pw + w, :, :c_in_g] = x.permute(0, 2, 3, 1).reshape(n, h, w, groups, c_in_g)
+    return copy.view(n, h + 2 * ph, w + 2 * pw, groups * c_pad).permute(0, 3, 1, 2)
+
+
 def _nhwc_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     """Strides of an [N, C, H, W] tensor in the kernels' (n, h, w, c) argument order."""
     return t.stride(0), t.stride(2), t.stride(3), t.stride(1)
@@ -204,18 +233,26 @@ def launch_args(
     Only shapes, strides and dtypes are read, so meta tensors do: :mod:`.aot` compiles the
     kernels offline from exactly the arguments a real launch would pass. The kernels compute
     activation offsets in int32 unless one of them can pass 2**31 (``index_64``: default by
-    the tensors' extents; tests force it).
+    the tensors' extents; tests force it). For the small-C kernel the first argument is the
+    stem copy of ``x`` (:func:`stem_input`, made here: for a real tensor, a copy).
     """
     kh, kw = kernel_size
-    n, c_in, h, w = x.shape
-    c_out = out.shape[1]
-    h_out = (h + 2 * padding[0] - kh) // stride[0] + 1  # the conv's; ``out`` is pooled with ``pool``
-    w_out = (w + 2 * padding[1] - kw) // stride[1] + 1
-    c_in_g, c_out_g = c_in // groups, c_out // groups
+    c_in_g = c_layer = x.shape[1] // groups
     if small_c is None:
         small_c = uses_small_c_kernel(c_in_g)
     if pool and small_c:
         raise ValueError("conv2d: the small-C kernel has no pooled epilogue")
+    if small_c:
+        c_in_g = stem_channels(c_layer)
+        if tuple(w_packed.shape[1:]) != (kh * kw * c_in_g, out.shape[1] // groups):
+            raise ValueError(f"conv2d: the small-C kernel needs its weight packed with {c_in_g} input "
+                             f"channels (pack_weight(..., small_c=True)), got {tuple(w_packed.shape)}")
+        x, padding = stem_input(x, groups, padding), (0, 0)
+    n, _, h, w = x.shape
+    c_out = out.shape[1]
+    h_out = (h + 2 * padding[0] - kh) // stride[0] + 1  # the conv's; ``out`` is pooled with ``pool``
+    w_out = (w + 2 * padding[1] - kw) // stride[1] + 1
+    c_out_g = c_out // groups
     kernel = conv2d_fwd_small_c_kernel if small_c else conv2d_fwd_kernel
     m = n * (h_out // 2) * (w_out // 2) * 4 if pool else n * h_out * w_out
 
@@ -246,7 +283,8 @@ def launch_args(
         INDEX_64=bool(index_64),
     )
     if small_c:
-        flags["C_IN"] = c_in_g
+        flags["C_IN"] = c_layer
+        flags["C_PAD"] = c_in_g
     else:
         flags["POOL"] = bool(pool)
     return kernel, grid, args, flags
@@ -324,7 +362,7 @@ def _forward(
     """
     stride, padding, out_shape = _check_inputs(x, weight, bias, residual, stride, padding, groups, pool)
     if w_packed is None:
-        w_packed = pack_weight(weight, groups)
+        w_packed = pack_weight(weight, groups, small_c)
     return _run(
         x, weight, bias, residual, w_packed, stride, padding, groups, relu, out_shape,
         out=out, small_c=small_c, config=config, index_64=index_64, pool=pool,
@@ -524,12 +562,16 @@ class FusedConv2d(torch.nn.Conv2d):
             kernel, grid, args, flags = launch_args(
                 x, w_packed, self.bias, residual, out, tuple(self.weight.shape[2:]), stride, padding,
                 self.groups, self.relu, pool=pool)
-            hit = launches[key] = (out_shape, kernel, grid, flags, args[5:])
-        out_shape, kernel, grid, flags, tail = hit
+            # The small-C kernel reads a stem copy of x, made on every call.
+            stem = (self.groups, padding) if kernel is conv2d_fwd_small_c_kernel else None
+            hit = launches[key] = (out_shape, kernel, grid, flags, args[5:], stem)
+        out_shape, kernel, grid, flags, tail, stem = hit
         out = torch.empty(out_shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
         if out.numel() == 0:
             return out
         bias = self.bias if self.bias is not None else out
+        if stem is not None:
+            x = stem_input(x, *stem)
         args = (x, w_packed, bias, out if residual is None else residual, out, *tail)
         if x.is_cuda and x.device.index != torch.cuda.current_device():
             with torch.cuda.device(x.device):

@@ -19,6 +19,7 @@ __all__ = [
     "AUTOTUNE_KEY",
     "NO_SPECIALIZE",
     "SMALL_C_MAX",
+    "stem_channels",
     "general_configs",
     "prune_general",
     "prune_small_c",
@@ -34,6 +35,13 @@ SMALL_C_MAX = 16
 def uses_small_c_kernel(in_channels_per_group: int) -> bool:
     """Whether a layer with this many input channels per group runs the small-C kernel."""
     return in_channels_per_group < SMALL_C_MAX
+
+
+def stem_channels(in_channels_per_group: int) -> int:
+    """The channels per group of the small-C kernel's input copy: the next power of two,
+    at least 4, so that one pixel's channels are one aligned vector (RGB: 4 channels, 8 bytes
+    in 16-bit types and 16 in fp32; more would double the copy and the multiply-adds by zero)."""
+    return max(4, 1 << max(0, in_channels_per_group - 1).bit_length())
 
 
 def _config(block_m, block_n, block_k, num_warps, num_stages, group_size_m=8):
