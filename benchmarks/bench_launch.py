@@ -10,6 +10,12 @@ GPU is needed. It times, per forward in inference mode,
               built on every call (the path training takes)
     cached    the module's launch cache: one dict lookup, the output's allocation, the call
 
+and for a conv with a fused 2x2/2 max-pool (the lowered module's ``fused_conv(..., pool=True)``)
+
+    checked   ``conv2d(..., pool=True)``: checks, weight packing and launch arguments on every
+              call (how the pooled node ran before it used the module's caches)
+    cached    ``fused_conv(x, conv, pool=True)``: the module's packed weight and launch cache
+
     python benchmarks/bench_launch.py           # a table: microseconds per forward
 """
 
@@ -44,7 +50,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import triton
 
-    from archdsl.codegen.triton import conv
+    from archdsl.codegen.triton import conv, runtime
 
     launched = []
     conv._launch_kernel = lambda *a: launched.append(a[0])  # no kernel runs: Python cost only
@@ -65,6 +71,14 @@ def main(argv=None) -> int:
                                                  padding, module.groups, module.relu, out_shape)
 
             slow = per_call_us(checked, args.calls)
+        rows.append(f"| {name} | {slow:.1f} | {cached:.1f} | {slow / cached:.1f}x |")
+    for name, c_in, c_out, hw in [("VGG-16 conv1_2 + 2x2 pool", 64, 64, 224)]:
+        module = conv.FusedConv2d(c_in, c_out, 3, padding=1, relu=True, device="cpu").eval()
+        x = torch.empty(1, c_in, hw, hw).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            cached = per_call_us(lambda: runtime.fused_conv(x, module, pool=True), args.calls)
+            slow = per_call_us(lambda: conv.conv2d(x, module.weight, module.bias, 1, 1, relu=True, pool=True),
+                               args.calls)
         rows.append(f"| {name} | {slow:.1f} | {cached:.1f} | {slow / cached:.1f}x |")
     assert launched, "no launch reached the stub"
     text = "\n".join([

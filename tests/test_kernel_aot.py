@@ -84,6 +84,11 @@ def test_every_kept_config_compiles_for_sm90_fits_and_does_not_spill(spec, dtype
             assert row["issue_share"] <= MAX_ISSUE_SHARE, row
             if row["config"].startswith(("128x128x", "128x256x")):
                 assert row["loop_instructions"] <= MAX_MAIN_TILE_INSTRUCTIONS, row
+        if row["kernel"] == "conv2d_fwd_small_c_kernel":
+            # The stem copy's pixels (4 channels) reach shared memory as whole-vector async
+            # copies (8 bytes in 16-bit types, 16 in fp32), not element by element.
+            pixel = 4 * (4 if "fp32" in row["variant"] else 2)
+            assert pixel in row["async_copies"] and min(row["async_copies"]) >= 4, row
         if row["kernel"] == "_lrn_fwd_kernel":
             assert row["stores"] == [16], row
     # Every launch of the net has compiled configs of its own kernel.
@@ -130,10 +135,15 @@ def test_launches_follow_the_fused_graph_alexnet():
     assert all(x.meta["HAS_BIAS"] and x.meta["APPLY_RELU"] and not x.meta["HAS_RESIDUAL"] for x in convs)
     assert [x.what for x in convs] == ["conv 11x11/4", "conv 5x5/1 g2", "conv 3x3/1", "conv 3x3/1 g2",
                                        "conv 3x3/1 g2"]
-    # The launch arguments are the kernel's: batch first among the sizes, then the image.
+    # The launch arguments are the kernel's: batch first among the sizes, then the image. The
+    # small-C kernel reads the stem copy: RGB padded to 4 channels, the image by the conv's
+    # padding (224 + 2 * 2), so the kernel itself pads nothing.
     named = dict(zip(convs[0].kernel.fn.arg_names, convs[0].args))
-    assert (named["BATCH"], named["IN_H"], named["C_IN_G"], named["STRIDE_H"]) == (8, 224, 3, 4)
+    assert (named["BATCH"], named["IN_H"], named["C_IN_G"], named["STRIDE_H"]) == (8, 228, 4, 4)
+    assert (named["PAD_H"], named["PAD_W"], named["OUT_H"]) == (0, 0, 55)
+    assert tuple(named["x_ptr"].shape) == (8, 4, 228, 228) and named["x_ptr"].stride(1) == 1
     assert (convs[0].meta["KH"], convs[0].meta["C_IN"], convs[1].meta["KW"]) == (11, 3, 5)  # constexpr
+    assert convs[0].meta["C_PAD"] == 4 and tuple(named["w_ptr"].shape) == (1, 11 * 11 * 4, 96)
     assert named["x_ptr"].is_meta and named["x_ptr"].is_contiguous(memory_format=torch.channels_last)
     training = aot.launches(graph, batch=8, training=True)
     assert sum(x.what.endswith("backward") for x in training) == 2

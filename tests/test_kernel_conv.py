@@ -224,6 +224,73 @@ def test_pack_weight_stores_fp32_k_contiguous_for_the_general_kernel(dtype):
     assert p[g, (r * 2 + s) * 16 + c, o] == w[g * 3 + o, c, r, s]
 
 
+# The small-C kernel on first layers: (batch, c_in, c_out, h, w, kernel, stride, padding, groups).
+# Odd image sizes and output counts that fill neither the M nor the N tile, so the row and
+# column masks and the copy's zero border are all exercised.
+STEMS = {
+    "vgg_3x3_s1": (2, 3, 24, 9, 7, 3, 1, 1, 1),
+    "alexnet_11x11_s4": (1, 3, 20, 23, 21, 11, 4, 2, 1),
+    "resnet_7x7_s2": (2, 3, 20, 13, 11, 7, 2, 3, 1),
+    "gray_5x5_p2": (1, 1, 8, 6, 9, 5, 1, 2, 1),
+    "c6_to_8_s2": (1, 6, 12, 7, 5, 3, 2, 1, 1),
+    "c12_to_16": (1, 12, 8, 5, 6, (3, 2), 1, (0, 1), 1),
+    "groups2_c3": (1, 6, 10, 7, 6, 3, 1, 1, 2),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("case", list(STEMS))
+def test_stem_kernel_matches_f_conv2d(case, dtype):
+    batch, c_in, c_out, h, w, k, stride, padding, groups = STEMS[case]
+    assert conv_tuning.uses_small_c_kernel(c_in // groups)
+    x, wt, b, r = _problem(batch, c_in, c_out, h, w, k, groups, dtype=dtype, residual=True, stride=stride,
+                           padding=padding, seed=list(STEMS).index(case))
+    ref = _reference(x, wt, b, stride, padding, groups, True, r)
+    y = conv._forward(x, wt, b, stride, padding, groups, True, r, out=_poisoned(ref.shape, dtype))
+    _assert_close(y, ref, dtype)
+    # Through the module too: its launch cache makes the stem copy on every call.
+    fused = conv.FusedConv2d(c_in, c_out, k, stride, padding, groups, relu=True).to(DEVICE, dtype)
+    with torch.no_grad():
+        fused.weight.copy_(wt), fused.bias.copy_(b)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        for _ in range(2):
+            _assert_close(fused(x_cl, r), ref, dtype)
+
+
+def test_stem_copy_and_padded_weight_layout():
+    x = torch.randn(2, 6, 3, 5)  # groups 2 -> 3 channels each, padded to 4
+    copy = conv.stem_input(x, 2, (1, 2))
+    assert copy.shape == (2, 8, 5, 9) and copy.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(copy[:, [0, 1, 2, 4, 5, 6], 1:4, 2:7], x)
+    assert not copy[:, [3, 7]].any()  # the padded channels
+    inner = torch.zeros_like(copy, dtype=torch.bool)
+    inner[:, :, 1:4, 2:7] = True
+    assert not copy[~inner].any()  # the border
+    w = torch.randn(10, 3, 2, 3)  # groups 2: C_out_g = 5
+    p = conv.pack_weight(w, groups=2)
+    assert p.shape == (2, 2 * 3 * 4, 5) and p.is_contiguous()
+    g, r, s_, c, o = 1, 1, 2, 2, 4
+    assert p[g, (r * 3 + s_) * 4 + c, o] == w[g * 5 + o, c, r, s_]
+    assert not p[:, 3::4].any()  # channel 3 of every tap: zero
+    assert conv_tuning.stem_channels(3) == 4 and conv_tuning.stem_channels(1) == 4
+    assert conv_tuning.stem_channels(5) == 8 and conv_tuning.stem_channels(12) == 16
+    with pytest.raises(ValueError, match="packed with 4 input channels"):
+        xm = torch.empty(1, 3, 8, 8, device="meta").to(memory_format=torch.channels_last)
+        y = torch.empty(1, 8, 6, 6, device="meta").to(memory_format=torch.channels_last)
+        conv.launch_args(xm, conv.pack_weight(torch.empty(8, 3, 3, 3, device="meta"), small_c=False),
+                         None, None, y, (3, 3), (1, 1), (0, 0), 1, False, small_c=True)
+
+
+def test_stem_tiles_whole_taps_and_channel_runs():
+    """K blocks of several taps (BLOCK_K > C_PAD), of one tap (=) and of part of a tap's
+    channels (BLOCK_K < C_PAD: 16 of 32 padded channels), with several M and N tiles."""
+    configs = [_config(16, 16, 16, 4, 1, group_size_m=3), _config(32, 16, 64, 4, 1, group_size_m=2)]
+    for c_in, k, stride, padding in [(3, 7, 2, 3), (3, 11, 4, 2), (4, 3, 1, 1), (20, 3, 1, 1)]:
+        results = conv_check.validate_configs(2, c_in, 24, 13, 11, k, stride=stride, padding=padding,
+                                              configs=configs, small_c=True, dtype=torch.float32, device=DEVICE)
+        assert [r.ok for r in results] == [True, True], results
+
+
 def test_tile_configs_on_multi_tile_shapes():
     """Several tiles in M, N and K, with partial swizzle bands, for both kernels."""
     configs = [
@@ -600,3 +667,43 @@ def test_module_checks_a_layout_once_then_launches_from_its_cache(monkeypatch):
     xg = x.clone().requires_grad_(True)
     fused(xg, r).sum().backward()
     assert xg.grad is not None and len(checks) == 3
+
+
+@pytest.mark.parametrize("c_in, bn", [(16, False), (16, True), (3, False)], ids=["conv", "conv_bn", "small_c"])
+def test_fused_pool_packs_once_and_launches_from_the_cache(monkeypatch, c_in, bn):
+    """The lowered module's pooled node (runtime.fused_conv(..., pool=True)) runs through the
+    conv's cached packed weight and launch: several eval calls pack the weight once and check
+    the layout once; an in-place weight update repacks once more (and, with a BN, refolds)."""
+    from archdsl.codegen.triton import runtime
+
+    gen = torch.Generator().manual_seed(6)
+    layer = conv.FusedConv2d(c_in, 16, 3, padding=1, relu=not bn).to(DEVICE).eval()
+    norm = None
+    if bn:
+        norm = torch.nn.BatchNorm2d(16).to(DEVICE).eval()
+        with torch.no_grad():
+            for t in (norm.weight, norm.bias, norm.running_mean):
+                t.copy_(_rand(gen, 16, dtype=torch.float32))
+            norm.running_var.copy_(_rand(gen, 16, dtype=torch.float32).abs() + 0.5)
+    x = _rand(gen, 2, c_in, 6, 9, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+
+    def ref():
+        y = _reference(x, layer.weight, layer.bias, 1, 1, 1, False, None)
+        if norm is not None:
+            d = lambda t: t.detach().to("cpu", torch.float64)[None, :, None, None]  # noqa: E731
+            y = (y - d(norm.running_mean)) / (d(norm.running_var) + norm.eps).sqrt() * d(norm.weight) + d(norm.bias)
+        return F.max_pool2d(torch.relu(y), 2)
+
+    packs, checks = [], []
+    real_pack, real_check = conv.pack_weight, conv._check_inputs
+    monkeypatch.setattr(conv, "pack_weight", lambda *a: packs.append(a) or real_pack(*a))
+    monkeypatch.setattr(conv, "_check_inputs", lambda *a: checks.append(a) or real_check(*a))
+    with torch.no_grad():
+        for _ in range(3):
+            _assert_close(runtime.fused_conv(x, layer, norm, relu=True, pool=True), ref(), torch.float32)
+        assert (len(packs), len(checks)) == (1, 1)
+        layer.weight.mul_(-1.0)  # an optimizer-style in-place update
+        for _ in range(2):
+            _assert_close(runtime.fused_conv(x, layer, norm, relu=True, pool=True), ref(), torch.float32)
+        # Repacked once; with a BN the refolded conv is a new module, whose layout is checked once.
+        assert (len(packs), len(checks)) == (2, 2 if bn else 1)

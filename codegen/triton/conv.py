@@ -25,11 +25,16 @@ Two kernels share the tiling, the epilogue and the packed weight:
 
 ``conv2d_fwd_small_c_kernel`` (few input channels per group, e.g. the RGB first layer)
     With ``C_in_g = 3`` a 16-wide channel block would be 3/16 useful. Instead ``BLOCK_K``
-    covers the flattened ``(r, s, c)`` index and each element of the K block is decomposed
-    on its own, so a 7x7x3 stem walks K = 147 in three 64-wide (or five 32-wide) blocks
-    rather than 49 blocks that are 81% padding. These layers are memory-bound (writing the
-    output dominates), so the aim is to keep the loop short and the loads few, not to
-    saturate the tensor cores.
+    covers the flattened ``(r, s, c)`` index, so a 7x7x3 stem walks K in a few blocks rather
+    than 49 blocks that are 81% padding. It reads a stem copy of the input made at launch
+    (:func:`stem_input`): NHWC with each group's channels zero-padded to ``C_PAD``, a power
+    of two >= 4 (:func:`~.conv_tuning.stem_channels`; 4 for RGB), and the image zero-padded
+    by the conv's padding. A pixel's channels are then one aligned 8- or 16-byte vector,
+    every window lies inside the copy (no border test), and the K block is copied to shared
+    memory vector by vector instead of gathered element by element into registers; the
+    weight's input channels are padded with zeros to match when it is packed. These layers
+    are memory-bound (writing the output dominates), so the aim is to keep the loop short
+    and the loads few, not to saturate the tensor cores; the copy is 4/3 of an RGB input.
 
 Both accumulate in fp32 and apply ``+ bias``, ``+ residual`` (added before the activation,
 as in a ResNet block), ReLU and the cast to the output dtype in registers before a single
@@ -54,7 +59,7 @@ import triton
 
 from archdsl.codegen.triton import support
 from archdsl.codegen.triton.conv_kernels import conv2d_fwd_kernel, conv2d_fwd_small_c_kernel
-from archdsl.codegen.triton.conv_tuning import uses_small_c_kernel
+from archdsl.codegen.triton.conv_tuning import stem_channels, uses_small_c_kernel
 from archdsl.codegen.triton.pool import max_pool2d
 
 __all__ = [
@@ -63,6 +68,7 @@ __all__ = [
     "conv2d_relu",
     "launch_args",
     "pack_weight",
+    "stem_input",
 ]
 
 
@@ -77,8 +83,12 @@ def _pair(value, name: str) -> tuple[int, int]:
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
-def pack_weight(weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
+def pack_weight(weight: torch.Tensor, groups: int = 1, small_c: bool | None = None) -> torch.Tensor:
     """[C_out, C_in_g, kh, kw] -> [groups, kh * kw * C_in_g, C_out_g] (K index = (r, s, c)).
+
+    For the small-C kernel (``small_c``; default by channel count) the input channels are
+    first zero-padded to :func:`~.conv_tuning.stem_channels` (C_in_g = 3 -> 4), to match the
+    kernel's stem copy of the input.
 
     Stored with C_out contiguous, except float32 weights of the general kernel, which are
     stored K-contiguous (the same view, other strides; the kernels take any). Hopper's TF32
@@ -94,7 +104,13 @@ def pack_weight(weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
         )
     c_out, c_in_g, kh, kw = weight.shape
     w = weight.detach().reshape(groups, c_out // groups, c_in_g, kh, kw)
-    if weight.dtype == torch.float32 and not uses_small_c_kernel(c_in_g):
+    if small_c is None:
+        small_c = uses_small_c_kernel(c_in_g)
+    if small_c:
+        c_pad = stem_channels(c_in_g)
+        w = F.pad(w, (0, 0, 0, 0, 0, c_pad - c_in_g))
+        return w.permute(0, 3, 4, 2, 1).reshape(groups, kh * kw * c_pad, c_out // groups).contiguous()
+    if weight.dtype == torch.float32:
         k_major = w.permute(0, 1, 3, 4, 2).reshape(groups, c_out // groups, kh * kw * c_in_g).contiguous()
         return k_major.transpose(1, 2)
     return w.permute(0, 3, 4, 2, 1).reshape(groups, kh * kw * c_in_g, c_out // groups).contiguous()
@@ -185,6 +201,19 @@ def _check_inputs(x, weight, bias, residual, stride, padding, groups, pool=False
     return stride, padding, out_shape
 
 
+def stem_input(x: torch.Tensor, groups: int, padding: tuple[int, int]) -> torch.Tensor:
+    """The small-C kernel's copy of ``x`` ([N, C_in, H, W]): [N, groups * C_PAD, H + 2 * ph,
+    W + 2 * pw], channels_last, with group g's channel c at g * C_PAD + c and zeros in the
+    padded channels and the border. Works on meta tensors (no memory) for :mod:`.aot`."""
+    n, c_in, h, w = x.shape
+    c_in_g = c_in // groups
+    c_pad = stem_channels(c_in_g)
+    ph, pw = padding
+    copy = x.new_zeros((n, h + 2 * ph, w + 2 * pw, groups, c_pad))
+    copy[:, ph:ph + h, pw:pw + w, :, :c_in_g] = x.permute(0, 2, 3, 1).reshape(n, h, w, groups, c_in_g)
+    return copy.view(n, h + 2 * ph, w + 2 * pw, groups * c_pad).permute(0, 3, 1, 2)
+
+
 def _nhwc_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     """Strides of an [N, C, H, W] tensor in the kernels' (n, h, w, c) argument order."""
     return t.stride(0), t.stride(2), t.stride(3), t.stride(1)
@@ -204,18 +233,26 @@ def launch_args(
     Only shapes, strides and dtypes are read, so meta tensors do: :mod:`.aot` compiles the
     kernels offline from exactly the arguments a real launch would pass. The kernels compute
     activation offsets in int32 unless one of them can pass 2**31 (``index_64``: default by
-    the tensors' extents; tests force it).
+    the tensors' extents; tests force it). For the small-C kernel the first argument is the
+    stem copy of ``x`` (:func:`stem_input`, made here: for a real tensor, a copy).
     """
     kh, kw = kernel_size
-    n, c_in, h, w = x.shape
-    c_out = out.shape[1]
-    h_out = (h + 2 * padding[0] - kh) // stride[0] + 1  # the conv's; ``out`` is pooled with ``pool``
-    w_out = (w + 2 * padding[1] - kw) // stride[1] + 1
-    c_in_g, c_out_g = c_in // groups, c_out // groups
+    c_in_g = c_layer = x.shape[1] // groups
     if small_c is None:
         small_c = uses_small_c_kernel(c_in_g)
     if pool and small_c:
         raise ValueError("conv2d: the small-C kernel has no pooled epilogue")
+    if small_c:
+        c_in_g = stem_channels(c_layer)
+        if tuple(w_packed.shape[1:]) != (kh * kw * c_in_g, out.shape[1] // groups):
+            raise ValueError(f"conv2d: the small-C kernel needs its weight packed with {c_in_g} input "
+                             f"channels (pack_weight(..., small_c=True)), got {tuple(w_packed.shape)}")
+        x, padding = stem_input(x, groups, padding), (0, 0)
+    n, _, h, w = x.shape
+    c_out = out.shape[1]
+    h_out = (h + 2 * padding[0] - kh) // stride[0] + 1  # the conv's; ``out`` is pooled with ``pool``
+    w_out = (w + 2 * padding[1] - kw) // stride[1] + 1
+    c_out_g = c_out // groups
     kernel = conv2d_fwd_small_c_kernel if small_c else conv2d_fwd_kernel
     m = n * (h_out // 2) * (w_out // 2) * 4 if pool else n * h_out * w_out
 
@@ -246,7 +283,8 @@ def launch_args(
         INDEX_64=bool(index_64),
     )
     if small_c:
-        flags["C_IN"] = c_in_g
+        flags["C_IN"] = c_layer
+        flags["C_PAD"] = c_in_g
     else:
         flags["POOL"] = bool(pool)
     return kernel, grid, args, flags
@@ -324,7 +362,7 @@ def _forward(
     """
     stride, padding, out_shape = _check_inputs(x, weight, bias, residual, stride, padding, groups, pool)
     if w_packed is None:
-        w_packed = pack_weight(weight, groups)
+        w_packed = pack_weight(weight, groups, small_c)
     return _run(
         x, weight, bias, residual, w_packed, stride, padding, groups, relu, out_shape,
         out=out, small_c=small_c, config=config, index_64=index_64, pool=pool,
@@ -493,16 +531,21 @@ class FusedConv2d(torch.nn.Conv2d):
             self._packed_key = key
         return self._packed
 
-    def _launch_key(self, x, residual) -> tuple:
+    def _launch_key(self, x, residual, pool=False) -> tuple:
         res = None if residual is None else (residual.shape, residual.stride(), residual.dtype, residual.device)
         return (x.shape, x.stride(), x.dtype, x.device, res, self.bias is None,
-                torch.backends.cudnn.allow_tf32)
+                torch.backends.cudnn.allow_tf32, pool)
 
-    def _fast_forward(self, x, residual):
+    def _fast_forward(self, x, residual, pool=False):
         """Inference forward through a launch checked once per input layout: the Python cost
         per call is a dict lookup, the output's allocation and the launch itself. None where
-        the input is not one the cache takes (not channels_last; then the checked path runs)."""
-        key = self._launch_key(x, residual)
+        the input is not one the cache takes (not channels_last; then the checked path runs).
+        With ``pool`` the launch is the pooled epilogue's (no residual)."""
+        if pool and uses_small_c_kernel(self.weight.shape[1]):
+            # No pooled epilogue in the small-C kernel: its cached launch, then the pool kernel.
+            y = self._fast_forward(x, None)
+            return None if y is None else max_pool2d(y, 2)
+        key = self._launch_key(x, residual, pool)
         launches = _LAUNCHES.setdefault(self, {})
         hit = launches.get(key)
         w_packed = self._packed_weight()
@@ -512,19 +555,23 @@ class FusedConv2d(torch.nn.Conv2d):
                                                          and not residual.is_contiguous(memory_format=cl)):
                 return None
             stride, padding, out_shape = _check_inputs(
-                x, self.weight, self.bias, residual, self.stride, self.padding, self.groups)
+                x, self.weight, self.bias, residual, self.stride, self.padding, self.groups, pool)
             if self.bias is not None and not self.bias.is_contiguous():
                 return None
             out = torch.empty(out_shape, device=x.device, dtype=x.dtype, memory_format=cl)
             kernel, grid, args, flags = launch_args(
                 x, w_packed, self.bias, residual, out, tuple(self.weight.shape[2:]), stride, padding,
-                self.groups, self.relu)
-            hit = launches[key] = (out_shape, kernel, grid, flags, args[5:])
-        out_shape, kernel, grid, flags, tail = hit
+                self.groups, self.relu, pool=pool)
+            # The small-C kernel reads a stem copy of x, made on every call.
+            stem = (self.groups, padding) if kernel is conv2d_fwd_small_c_kernel else None
+            hit = launches[key] = (out_shape, kernel, grid, flags, args[5:], stem)
+        out_shape, kernel, grid, flags, tail, stem = hit
         out = torch.empty(out_shape, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
         if out.numel() == 0:
             return out
         bias = self.bias if self.bias is not None else out
+        if stem is not None:
+            x = stem_input(x, *stem)
         args = (x, w_packed, bias, out if residual is None else residual, out, *tail)
         if x.is_cuda and x.device.index != torch.cuda.current_device():
             with torch.cuda.device(x.device):
@@ -533,11 +580,28 @@ class FusedConv2d(torch.nn.Conv2d):
             _launch_kernel(kernel, grid, args, flags, None)
         return out
 
+    def _needs_grad(self, x, residual=None) -> bool:
+        return torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, self.weight, self.bias, residual))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """``F.max_pool2d(self(x), 2)`` with the pool in the kernel's epilogue: inference only
+        (no gradient needed) and an input the kernel takes. Through the same packed weight
+        and launch cache as :meth:`forward`, so repeated calls repack nothing and check
+        nothing."""
+        if not support.kernel_can_run(x, self.weight):
+            raise ValueError(f"FusedConv2d.pooled: {support.why_not('conv', x, self.weight)}")
+        if self._needs_grad(x):
+            raise ValueError("FusedConv2d.pooled is inference only (run under torch.no_grad, or pool separately)")
+        y = self._fast_forward(x, None, pool=True)
+        if y is not None:
+            return y
+        return _forward(x, self.weight, self.bias, self.stride, self.padding, self.groups, self.relu,
+                        w_packed=self._packed_weight(), pool=True)
+
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if support.kernel_can_run(x, self.weight):
-            if not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
-                                                 or (self.bias is not None and self.bias.requires_grad)
-                                                 or (residual is not None and residual.requires_grad))):
+            if not self._needs_grad(x, residual):
                 y = self._fast_forward(x, residual)
                 if y is not None:
                     return y

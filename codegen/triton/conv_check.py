@@ -111,7 +111,7 @@ def validate_configs(
     y_ref = F.conv2d(x.double(), weight.double(), bias.double(), stride, padding, 1, groups)
     residual = rand(*y_ref.shape)
     y_ref = torch.relu(y_ref + residual.double())
-    w_packed = pack_weight(weight, groups)
+    w_packed = pack_weight(weight, groups, small_c)
 
     results = []
     for config in configs:

@@ -291,9 +291,13 @@ def conv2d_fwd_kernel(
 )
 @triton.jit(do_not_specialize=NO_SPECIALIZE)
 def conv2d_fwd_small_c_kernel(
-    # Pointers (as in conv2d_fwd_kernel)
+    # Pointers (as in conv2d_fwd_kernel), except that x is the stem copy made at launch
+    # (``conv.stem_input``): NHWC with stride_xc == 1, each group's channels zero-padded to
+    # C_PAD and the image zero-padded by the conv's padding, so PAD_H == PAD_W == 0 here and
+    # every window lies inside it. The packed weight's K index is (r * KW + s) * C_PAD + c,
+    # its padded channels zero.
     x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr,
-    # Problem sizes
+    # Problem sizes (IN_H, IN_W: the padded copy's; C_IN_G: C_PAD)
     BATCH, IN_H, IN_W, OUT_H, OUT_W,
     C_IN_G, C_OUT_G, GROUPS,
     STRIDE_H, STRIDE_W, PAD_H, PAD_W,
@@ -304,23 +308,35 @@ def conv2d_fwd_small_c_kernel(
     stride_yn, stride_yh, stride_yw, stride_yc,
     # Meta-parameters
     KH: tl.constexpr, KW: tl.constexpr,
-    C_IN: tl.constexpr,  # = C_IN_G: the (r, s, c) decomposition divides by constants
+    C_IN: tl.constexpr,  # the layer's input channels per group
+    C_PAD: tl.constexpr,  # ... padded to a power of two >= 4: one pixel is one vector
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, APPLY_RELU: tl.constexpr,
     ALLOW_TF32: tl.constexpr,
     INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr,
 ):  # fmt: skip
-    """Implicit-GEMM convolution for few input channels; K walked as flat (r, s, c) blocks."""
+    """Implicit-GEMM convolution for few input channels; K walked as flat (r, s, c) blocks.
+
+    A K block of BLOCK_K covers BLOCK_K / C_PAD whole taps (or, where C_PAD > BLOCK_K, a
+    channel run of one tap). Within a tap the C_PAD channels of a pixel are contiguous and
+    start at a multiple of C_PAD elements, and the mask is constant across them, so each
+    pixel's channels load as one vector (8 or 16 bytes) that goes to shared memory by an
+    asynchronous copy, instead of C_IN single elements gathered into registers. The padding
+    costs multiply-adds by zero (4/3 of the work for RGB), which this memory-bound layer has
+    to spare.
+    """
+    tl.static_assert(C_IN <= C_PAD)
     M = BATCH * OUT_H * OUT_W
-    # The loop bound is the run-time C_IN_G (= C_IN): with a constant trip count the compiler
-    # unrolls the loop and the gathered tiles of several iterations spill.
+    # The loop bound is run-time (C_IN_G = C_PAD): with a constant trip count the compiler
+    # may unroll the loop and hold several iterations' tiles at once.
     K_G = KH * KW * C_IN_G
     pid_m, pid_n, g = _tile_ids(M, C_OUT_G, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
     n, oh, ow, mask_m = _output_pixels(pid_m, M, OUT_H, OUT_W, BLOCK_M)
-    ih0 = oh * STRIDE_H - PAD_H
-    iw0 = ow * STRIDE_W - PAD_W
-    x_rows = _row_offsets(n, ih0, iw0, stride_xn, stride_xh, stride_xw, INDEX_64) + g * C_IN * stride_xc
+    # Offsets in units of C_PAD elements (one pixel of one group), so that their multiple
+    # of C_PAD tells the compiler every vector is aligned.
+    x_vecs = _row_offsets(n, oh * STRIDE_H, ow * STRIDE_W, stride_xn // C_PAD, stride_xh // C_PAD,
+                          stride_xw // C_PAD, INDEX_64) + g
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < C_OUT_G
@@ -329,21 +345,19 @@ def conv2d_fwd_small_c_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K_G, BLOCK_K):
-        # Decompose each K index of the block into its own (r, s, c): one [BLOCK_K] vector
-        # of divisions by constants per iteration, then a gather of BLOCK_M x BLOCK_K elements.
-        k = k0 + offs_k
-        k_ok = k < K_G
-        c = k % C_IN
-        rs = k // C_IN
-        r = rs // KW
-        s = rs - r * KW
-        ih = ih0[:, None] + r[None, :]
-        iw = iw0[:, None] + s[None, :]
-        a_mask = (mask_m[:, None] & k_ok[None, :]) & ((ih >= 0) & (ih < IN_H) & (iw >= 0) & (iw < IN_W))
-        # Within one filter row r the (s, c) elements are contiguous in NHWC when groups == 1.
-        k_offs = r * stride_xh + s * stride_xw + c * stride_xc
-        a = tl.load(x_ptr + x_rows[:, None] + k_offs[None, :], mask=a_mask, other=0.0)
-        b = tl.load(w_cols + k[:, None] * stride_wk, mask=k_ok[:, None] & mask_n[None, :], other=0.0)
+        # k = k0 + offs_k as (tap, channel); k0 is a multiple of BLOCK_K, both powers of two.
+        # The block's first channel, k0 % C_PAD, is written as a multiple of BLOCK_K (it is
+        # one) so that the compiler sees the vectors' alignment.
+        tap = k0 // C_PAD + offs_k // C_PAD
+        c = (k0 % C_PAD) // BLOCK_K * BLOCK_K + offs_k % C_PAD
+        k_ok = tap < KH * KW
+        r = tap // KW
+        s = tap - r * KW
+        tap_vecs = r * (stride_xh // C_PAD) + s * (stride_xw // C_PAD)
+        a_offs = (x_vecs[:, None] + tap_vecs[None, :]) * C_PAD + c[None, :]
+        a = tl.load(x_ptr + a_offs, mask=mask_m[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(w_cols + (tap * C_PAD + c)[:, None] * stride_wk, mask=k_ok[:, None] & mask_n[None, :],
+                    other=0.0)
         acc = _mma(a, b, acc, ALLOW_TF32)
 
     _epilogue(
@@ -351,4 +365,3 @@ def conv2d_fwd_small_c_kernel(
         stride_rn, stride_rh, stride_rw, stride_rc, stride_yn, stride_yh, stride_yw, stride_yc,
         HAS_BIAS, HAS_RESIDUAL, APPLY_RELU, INDEX_64,
     )  # fmt: skip
-

@@ -19,6 +19,7 @@ __all__ = [
     "AUTOTUNE_KEY",
     "NO_SPECIALIZE",
     "SMALL_C_MAX",
+    "stem_channels",
     "general_configs",
     "prune_general",
     "prune_small_c",
@@ -34,6 +35,13 @@ SMALL_C_MAX = 16
 def uses_small_c_kernel(in_channels_per_group: int) -> bool:
     """Whether a layer with this many input channels per group runs the small-C kernel."""
     return in_channels_per_group < SMALL_C_MAX
+
+
+def stem_channels(in_channels_per_group: int) -> int:
+    """The channels per group of the small-C kernel's input copy: the next power of two,
+    at least 4, so that one pixel's channels are one aligned vector (RGB: 4 channels, 8 bytes
+    in 16-bit types and 16 in fp32; more would double the copy and the multiply-adds by zero)."""
+    return max(4, 1 << max(0, in_channels_per_group - 1).bit_length())
 
 
 def _config(block_m, block_n, block_k, num_warps, num_stages, group_size_m=8):
@@ -74,11 +82,13 @@ def general_configs() -> list[triton.Config]:
 def small_c_configs() -> list[triton.Config]:
     """Tile configurations tried for ``conv2d_fwd_small_c_kernel``.
 
-    K is small (27 for 3x3x3, 147 for 7x7x3, 363 for 11x11x3), so BLOCK_K is 32 and few
-    stages are needed; the tiles are wide in M because the output write is the cost. Each
-    thread holds its gathered share of the BLOCK_M x BLOCK_K activations in registers next to
-    its accumulators, so wider K blocks spill on sm_90 (256x32x64 on 4 warps: 2 KB per
-    thread; ``archdsl kernels resnet50`` shows every config's registers and spills).
+    K is small (36 for 3x3x4, 196 for 7x7x4, 484 for 11x11x4, RGB padded to 4 channels), so
+    BLOCK_K is 32 and few stages are needed; the tiles are wide in M because the output write
+    is the cost. Until the kernel read a padded stem copy, each thread gathered its share of
+    the BLOCK_M x BLOCK_K activations element by element into registers, and wider K blocks
+    spilled on sm_90 (256x32x64 on 4 warps: 2 KB per thread); the A tile now reaches shared
+    memory by asynchronous vector copies (``archdsl kernels resnet50`` shows every config's
+    registers and spills).
     """
     if INTERPRET:
         return [_config(32, 16, 32, num_warps=4, num_stages=1, group_size_m=4)]
@@ -164,10 +174,13 @@ def _fits_general(config, elem_bytes, residual, shared_limit, c_in_g: int) -> bo
 
 
 def _fits_small_c(config, elem_bytes, residual, shared_limit) -> bool:
-    """Whether a small-C config keeps to registers: besides the accumulator, each thread holds
-    its share of the gathered BLOCK_M x BLOCK_K activations. On sm_90 the kernel spills past
-    96 such values per thread with 2-byte operands (128x64x64 on 4 warps: 168 bytes with
-    Triton 3.6) and past 80 with 4-byte ones."""
+    """Whether a small-C config keeps to registers: besides the accumulator, each thread held
+    its share of the gathered BLOCK_M x BLOCK_K activations. On sm_90 the element-wise gather
+    spilled past 96 such values per thread with 2-byte operands (128x64x64 on 4 warps: 168
+    bytes with Triton 3.6) and past 80 with 4-byte ones. Since the kernel copies whole pixels
+    of the stem copy to shared memory this is conservative: 128x64x64 on 4 warps compiles
+    without spills with Triton 3.8 (139 registers in bf16, 197 in fp32; BENCHMARKS.md), but
+    the wider tiles' speed is for the GPU to tell before the prune lets them in."""
     kw = config.kwargs
     held = _per_thread(config, kw["BLOCK_M"], kw["BLOCK_N"]) + _per_thread(config, kw["BLOCK_M"], kw["BLOCK_K"])
     return held <= (96 if elem_bytes == 2 else 80)

@@ -47,8 +47,11 @@ what the fused node saves is the BN's and the ReLU's round trips through memory.
 
 A fused 2x2/2 max-pool (``pool=True``) runs in the kernel's epilogue only at inference: eval
 mode, no gradient needed, and an input the kernel takes; the kernel then stores only the
-pooled map. Otherwise (training, autograd, an input the kernel does not take) the node runs as
-it would without the pool and ``F.max_pool2d`` follows, so the result is the unfused graph's.
+pooled map. It launches through :meth:`FusedConv2d.pooled`, i.e. the same cached packed weight
+(and folded BN) and the same per-layout launch cache as the unpooled node, so repeated eval
+calls repack and recheck nothing. Otherwise (training, autograd, an input the kernel does not
+take) the node runs as it would without the pool and ``F.max_pool2d`` follows, so the result
+is the unfused graph's.
 """
 
 from __future__ import annotations
@@ -144,15 +147,17 @@ def _pooled(x: torch.Tensor, conv, bn, relu: bool) -> torch.Tensor | None:
     if not kernel_can_run(x, conv.weight):
         return None
     if bn is None:
-        weight, bias, relu = conv.weight, conv.bias, relu or conv.relu
-    elif any(t.is_inference() for t in params):  # no version counter to cache by: see fused_conv
+        # The conv's own packed weight and launch cache. A ReLU the conv does not apply
+        # commutes with the max: relu(max(a, b)) == max(relu(a), relu(b)) exactly.
+        y = conv.pooled(x)
+        return torch.relu(y) if relu and not conv.relu else y
+    if any(t.is_inference() for t in params):  # no version counter to cache by: see fused_conv
         weight, bias = _fold(conv, bn)
-    else:
-        folded = _folded_conv(conv, bn, relu)
-        weight, bias = folded.weight, folded.bias
-    from archdsl.codegen.triton.conv import conv2d  # imports triton: only when a kernel runs
+        from archdsl.codegen.triton.conv import conv2d  # imports triton: only when a kernel runs
 
-    return conv2d(x, weight, bias, tuple(conv.stride), tuple(conv.padding), conv.groups, relu=relu, pool=True)
+        return conv2d(x, weight, bias, tuple(conv.stride), tuple(conv.padding), conv.groups, relu=relu,
+                      pool=True)
+    return _folded_conv(conv, bn, relu).pooled(x)  # cached fold, packed weight and launch
 
 
 def fused_conv(x: torch.Tensor, conv, bn=None, relu: bool = False, residual=None,
