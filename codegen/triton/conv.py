@@ -21,7 +21,9 @@ Two kernels share the tiling, the epilogue and the packed weight:
     size is a compile-time constant, the loop carries its tap and channel position and both
     operand pointers (no division), the padding test is one bit per row (precomputed per
     tile), channel and column masks exist only where the channels do not divide into blocks,
-    and offsets are int32 unless a tensor passes 2**31 elements (chosen at launch).
+    and offsets are int32 unless a tensor passes 2**31 elements (chosen at launch). Where
+    a layer's tiles leave a partial last wave of the SMs, the autotuner also times
+    persistent twins of the 128x128-element tiles: one program per SM, looping over the tiles.
 
 ``conv2d_fwd_small_c_kernel`` (few input channels per group, e.g. the RGB first layer)
     With ``C_in_g = 3`` a 16-wide channel block would be 3/16 useful. Instead ``BLOCK_K``
@@ -233,10 +235,11 @@ def launch_args(
     Only shapes, strides and dtypes are read, so meta tensors do: :mod:`.aot` compiles the
     kernels offline from exactly the arguments a real launch would pass. The kernels compute
     activation offsets in int32 unless one of them can pass 2**31 (``index_64``: default by
-    the tensors' extents; tests force it). The general kernel's grid is persistent where
-    :func:`~.conv_tuning.uses_persistent_grid` says, for ``num_sms`` SMs (default: the
-    device's, or the H100's 132 where there is none). For the small-C kernel the first argument is the
-    stem copy of ``x`` (:func:`stem_input`, made here: for a real tensor, a copy).
+    the tensors' extents; tests force it). The general kernel's persistent tile configs
+    (:func:`~.conv_tuning.general_configs`) run ``num_sms`` programs per group (default: the
+    device's SMs, or the H100's 132 where there is no device). For the small-C kernel the
+    first argument is the stem copy of ``x`` (:func:`stem_input`, made here: for a real
+    tensor, a copy).
     """
     kh, kw = kernel_size
     c_in_g = c_layer = x.shape[1] // groups
