@@ -707,3 +707,80 @@ def test_fused_pool_packs_once_and_launches_from_the_cache(monkeypatch, c_in, bn
             _assert_close(runtime.fused_conv(x, layer, norm, relu=True, pool=True), ref(), torch.float32)
         # Repacked once; with a BN the refolded conv is a new module, whose layout is checked once.
         assert (len(packs), len(checks)) == (2, 2 if bn else 1)
+
+
+# --------------------------------------------------------------------------------------------
+# The persistent grid for a partial last wave
+# --------------------------------------------------------------------------------------------
+
+
+def _uses_persistent(batch, hw, c_out, groups=1, pool=False, block=(128, 128), sms=132):
+    return conv_tuning.uses_persistent_grid(dict(
+        BATCH=batch, OUT_H=hw, OUT_W=hw, C_OUT_G=c_out, GROUPS=groups, POOL=pool,
+        BLOCK_M=block[0], BLOCK_N=block[1], NUM_SMS=sms))
+
+
+def test_persistent_grid_only_for_a_partial_last_wave_under_three_waves():
+    # VGG-16 conv5 at batch 64: 98 x 4 = 392 tiles of 128x128, 2.97 waves of 132 SMs.
+    assert _uses_persistent(64, 14, 512)
+    assert not _uses_persistent(33, 16, 512)  # 66 x 4 = 264 tiles: two whole waves
+    assert not _uses_persistent(8, 7, 512)  # 4 x 4 = 16 tiles: under one wave
+    assert not _uses_persistent(64, 224, 64)  # 25,088 tiles: the last wave is a small share
+    assert not _uses_persistent(64, 14, 256, groups=2)  # grouped convs keep one program per tile
+    # A pooled launch counts whole 2x2 quads: a 15x15 conv output pooled has 64 x 7 x 7 x 4
+    # rows (392 tiles), unpooled 64 x 225 (452 tiles, over three waves).
+    assert _uses_persistent(64, 15, 512, pool=True) and not _uses_persistent(64, 15, 512)
+    assert not _uses_persistent(64, 14, 512, sms=98)  # a whole number of waves on that device
+
+
+def test_prune_keeps_the_persistent_twin_only_for_a_partial_last_wave():
+    twins = [_config(128, 128, 64, 8, 3, persistent=False), _config(128, 128, 64, 8, 3, persistent=True)]
+    assert {c.kwargs.get("PERSISTENT") for c in conv_tuning.general_configs()} <= {False, True}
+
+    def kept(batch, hw, **kwargs):
+        named = {**_named(torch.bfloat16, c_in=512, c_out=512, hw=hw, batch=batch), "GROUPS": 1}
+        pruned = conv_tuning.prune_general(twins, named, HAS_RESIDUAL=False, POOL=False, **kwargs)
+        return [c.kwargs["PERSISTENT"] for c in pruned]
+
+    assert kept(64, 14, NUM_SMS=132) == [False, True]  # 392 tiles: the autotuner times both
+    assert kept(33, 16, NUM_SMS=132) == [False]  # 264 tiles: two whole waves
+    assert kept(64, 14, NUM_SMS=98) == [False]  # four whole waves on a 98-SM part
+
+
+# (batch, c_in, c_out, h, w, kernel, stride, padding, pool): several M and N tiles of the
+# interpreter's 32x16 tile, with partial tiles in both.
+PERSISTENT_CASES = {
+    "3x3_residual": (2, 20, 40, 9, 7, 3, 1, 1, False),
+    "1x1_s2": (2, 16, 24, 11, 13, 1, 2, 0, False),
+    "3x3_pool": (2, 16, 24, 12, 10, 3, 1, 1, True),
+    "5x5_pool_odd": (1, 20, 20, 13, 11, 5, 1, 2, True),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("case", list(PERSISTENT_CASES))
+def test_persistent_grid_matches_f_conv2d(case, dtype):
+    batch, c_in, c_out, h, w, k, stride, padding, pool = PERSISTENT_CASES[case]
+    x, wt, b, r = _problem(batch, c_in, c_out, h, w, k, 1, dtype=dtype, residual=not pool, stride=stride,
+                           padding=padding, seed=list(PERSISTENT_CASES).index(case))
+    ref = _reference(x, wt, b, stride, padding, 1, True, r)
+    if pool:
+        ref = F.max_pool2d(ref, 2)
+    # The interpreter's tile as a persistent config, on an SM count that leaves a partial
+    # last wave (sms < tiles < 2 * sms): each program loops over two or three tiles.
+    (single,) = conv_tuning.general_configs()
+    persistent = _config(*(single.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")), single.num_warps,
+                         single.num_stages, single.kwargs["GROUP_SIZE_M"], persistent=True)
+    out = _poisoned(ref.shape, dtype)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    kernel, grid, args, flags = conv.launch_args(
+        x_cl, conv.pack_weight(wt), b, r, out, (k, k), (stride, stride), (padding, padding), 1, True, pool=pool,
+        num_sms=1)
+    named = {**dict(zip(kernel.arg_names, args)), **flags, **single.kwargs}
+    tiles = grid(named)[0]
+    sms = tiles // 2 + 1
+    named["NUM_SMS"] = sms
+    assert tiles >= 3 and conv_tuning.uses_persistent_grid(named)
+    assert grid({**named, **persistent.kwargs}) == (sms, 1)
+    y = conv._forward(x, wt, b, stride, padding, 1, True, r, out=out, pool=pool, num_sms=sms, config=persistent)
+    _assert_close(y, ref, dtype)

@@ -290,7 +290,7 @@ def _describe(config) -> str:
         tile = f"{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}"
     else:
         tile = f"C{kw['BLOCK_C']}xP{kw['BLOCK_P']}"
-    return f"{tile} w{config.num_warps} s{config.num_stages}"
+    return f"{tile} w{config.num_warps} s{config.num_stages}" + (" persistent" if kw.get("PERSISTENT") else "")
 
 
 def _variant(launch: Launch) -> str:

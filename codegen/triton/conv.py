@@ -21,7 +21,9 @@ Two kernels share the tiling, the epilogue and the packed weight:
     size is a compile-time constant, the loop carries its tap and channel position and both
     operand pointers (no division), the padding test is one bit per row (precomputed per
     tile), channel and column masks exist only where the channels do not divide into blocks,
-    and offsets are int32 unless a tensor passes 2**31 elements (chosen at launch).
+    and offsets are int32 unless a tensor passes 2**31 elements (chosen at launch). Where
+    a layer's tiles leave a partial last wave of the SMs, the autotuner also times
+    persistent twins of the 128x128-element tiles: one program per SM, looping over the tiles.
 
 ``conv2d_fwd_small_c_kernel`` (few input channels per group, e.g. the RGB first layer)
     With ``C_in_g = 3`` a 16-wide channel block would be 3/16 useful. Instead ``BLOCK_K``
@@ -59,7 +61,7 @@ import triton
 
 from archdsl.codegen.triton import support
 from archdsl.codegen.triton.conv_kernels import conv2d_fwd_kernel, conv2d_fwd_small_c_kernel
-from archdsl.codegen.triton.conv_tuning import stem_channels, uses_small_c_kernel
+from archdsl.codegen.triton.conv_tuning import DEFAULT_NUM_SMS, stem_channels, uses_small_c_kernel
 from archdsl.codegen.triton.pool import max_pool2d
 
 __all__ = [
@@ -226,15 +228,18 @@ def _offset_extent(t: torch.Tensor) -> int:
 
 def launch_args(
     x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu, *, small_c=None,
-    index_64=None, pool=False,
+    index_64=None, pool=False, num_sms=None,
 ):  # fmt: skip
     """The kernel, grid, positional arguments and flags of one conv launch.
 
     Only shapes, strides and dtypes are read, so meta tensors do: :mod:`.aot` compiles the
     kernels offline from exactly the arguments a real launch would pass. The kernels compute
     activation offsets in int32 unless one of them can pass 2**31 (``index_64``: default by
-    the tensors' extents; tests force it). For the small-C kernel the first argument is the
-    stem copy of ``x`` (:func:`stem_input`, made here: for a real tensor, a copy).
+    the tensors' extents; tests force it). The general kernel's persistent tile configs
+    (:func:`~.conv_tuning.general_configs`) run ``num_sms`` programs per group (default: the
+    device's SMs, or the H100's 132 where there is no device). For the small-C kernel the
+    first argument is the stem copy of ``x`` (:func:`stem_input`, made here: for a real
+    tensor, a copy).
     """
     kh, kw = kernel_size
     c_in_g = c_layer = x.shape[1] // groups
@@ -257,7 +262,8 @@ def launch_args(
     m = n * (h_out // 2) * (w_out // 2) * 4 if pool else n * h_out * w_out
 
     def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(c_out_g, meta["BLOCK_N"]), groups)
+        tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(c_out_g, meta["BLOCK_N"])
+        return (min(tiles, meta["NUM_SMS"]) if meta.get("PERSISTENT") else tiles, groups)
 
     # Unused pointer arguments get a real tensor: never read, but valid in every Triton version.
     res = residual if residual is not None else out
@@ -287,12 +293,16 @@ def launch_args(
         flags["C_PAD"] = c_in_g
     else:
         flags["POOL"] = bool(pool)
+        if num_sms is None:
+            num_sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda \
+                else DEFAULT_NUM_SMS
+        flags["NUM_SMS"] = int(num_sms)
     return kernel, grid, args, flags
 
 
 def _launch(
     x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu,
-    *, small_c=None, config=None, index_64=None, pool=False,
+    *, small_c=None, config=None, index_64=None, pool=False, num_sms=None,
 ):  # fmt: skip
     """Run a kernel on checked arguments; returns ``out`` (channels_last [N, C_out, H_out, W_out]).
 
@@ -303,7 +313,7 @@ def _launch(
         return out
     kernel, grid, args, flags = launch_args(
         x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu, small_c=small_c,
-        index_64=index_64, pool=pool,
+        index_64=index_64, pool=pool, num_sms=num_sms,
     )
     if x.is_cuda and x.device.index != torch.cuda.current_device():
         with torch.cuda.device(x.device):  # Triton launches on the current device
@@ -324,7 +334,7 @@ def _launch_kernel(kernel, grid, args, flags, config):
 
 def _run(
     x, weight, bias, residual, w_packed, stride, padding, groups, relu, out_shape,
-    *, out=None, small_c=None, config=None, index_64=None, pool=False,
+    *, out=None, small_c=None, config=None, index_64=None, pool=False, num_sms=None,
 ):  # fmt: skip
     """Forward on arguments already checked by ``_check_inputs`` (no autograd)."""
     x = x.contiguous(memory_format=torch.channels_last)
@@ -346,26 +356,26 @@ def _run(
         return out.copy_(max_pool2d(y, 2))
     return _launch(
         x, w_packed, bias, residual, out, kernel_size, stride, padding, groups, relu,
-        small_c=small_c, config=config, index_64=index_64, pool=pool,
+        small_c=small_c, config=config, index_64=index_64, pool=pool, num_sms=num_sms,
     )  # fmt: skip
 
 
 def _forward(
     x, weight, bias=None, stride=1, padding=0, groups=1, relu=False, residual=None,
-    *, w_packed=None, out=None, small_c=None, config=None, index_64=None, pool=False,
+    *, w_packed=None, out=None, small_c=None, config=None, index_64=None, pool=False, num_sms=None,
 ):  # fmt: skip
     """Checked forward without autograd.
 
     The keyword-only arguments serve tests and config validation: a prepacked weight, an
-    output buffer to write into, a forced kernel choice, a fixed tile config and a forced
-    offset width.
+    output buffer to write into, a forced kernel choice, a fixed tile config, a forced
+    offset width and an SM count (which decides the persistent grid).
     """
     stride, padding, out_shape = _check_inputs(x, weight, bias, residual, stride, padding, groups, pool)
     if w_packed is None:
         w_packed = pack_weight(weight, groups, small_c)
     return _run(
         x, weight, bias, residual, w_packed, stride, padding, groups, relu, out_shape,
-        out=out, small_c=small_c, config=config, index_64=index_64, pool=pool,
+        out=out, small_c=small_c, config=config, index_64=index_64, pool=pool, num_sms=num_sms,
     )  # fmt: skip
 
 

@@ -39,6 +39,7 @@ def _describe(config: triton.Config) -> str:
     return (
         f"BLOCK_M={k['BLOCK_M']} BLOCK_N={k['BLOCK_N']} BLOCK_K={k['BLOCK_K']} "
         f"GROUP_SIZE_M={k['GROUP_SIZE_M']} warps={config.num_warps} stages={config.num_stages}"
+        + (" persistent" if k.get("PERSISTENT") else "")
     )
 
 

@@ -23,14 +23,19 @@ __all__ = ["conv2d_fwd_kernel", "conv2d_fwd_small_c_kernel"]
 
 @triton.jit
 def _tile_ids(M, C_OUT_G, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_SIZE_M: tl.constexpr):
-    """Map the program to (pid_m, pid_n, conv group).
+    """Map the program to (pid_m, pid_n, conv group); see :func:`_swizzle`."""
+    pid_m, pid_n = _swizzle(tl.program_id(axis=0), M, C_OUT_G, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
+    return pid_m, pid_n, tl.program_id(axis=1)
 
-    Axis 0 walks the output tiles in bands of GROUP_SIZE_M tile rows (the matmul tutorial's
-    L2 swizzle: programs running together reuse the same activation rows and weight
-    columns); axis 1 is the convolution group.
+
+@triton.jit
+def _swizzle(pid, M, C_OUT_G, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_SIZE_M: tl.constexpr):
+    """Map tile number ``pid`` to (pid_m, pid_n).
+
+    Tiles are walked in bands of GROUP_SIZE_M tile rows (the matmul tutorial's L2 swizzle:
+    tiles running together reuse the same activation rows and weight columns). Grid axis 1
+    is the convolution group.
     """
-    pid = tl.program_id(axis=0)
-    g = tl.program_id(axis=1)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(C_OUT_G, BLOCK_N)
     num_pid_in_band = GROUP_SIZE_M * num_pid_n
@@ -39,7 +44,7 @@ def _tile_ids(M, C_OUT_G, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_SI
     band_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_SIZE_M)
     pid_m = first_pid_m + ((pid % num_pid_in_band) % band_size_m)
     pid_n = (pid % num_pid_in_band) // band_size_m
-    return pid_m, pid_n, g
+    return pid_m, pid_n
 
 
 @triton.jit
@@ -191,7 +196,9 @@ def conv2d_fwd_kernel(
     POOL: tl.constexpr,  # 2x2/2 max-pool in the epilogue: y is the pooled map (no residual)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr,  # tile swizzle, unrelated to conv groups
+    NUM_SMS: tl.constexpr,  # the device's SMs: the persistent grid's size
     EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,  # set by the heuristics above
+    PERSISTENT: tl.constexpr = False,  # (tile config) NUM_SMS programs per group, looping over tiles
 ):  # fmt: skip
     """Implicit-GEMM convolution; K walked as (r, s, channel block).
 
@@ -199,12 +206,54 @@ def conv2d_fwd_kernel(
     and advances them by increments computed on scalars, so the per-element work of an
     iteration is two pointer additions, the padding bit and the loads: no division, no
     per-element index arithmetic.
+
+    With ``PERSISTENT`` (a tile config of its own, which the prune keeps only where
+    :func:`.conv_tuning.uses_persistent_grid` holds: a tile count that is not a multiple of
+    the SMs, under three waves) the grid has NUM_SMS programs per group and program p
+    computes tiles p, p + NUM_SMS, ... in the same swizzled order, as in Triton's persistent
+    matmul tutorial; otherwise one program per tile. The autotuner times both.
     """
     if POOL:
         M = BATCH * (OUT_H // 2) * (OUT_W // 2) * 4
     else:
         M = BATCH * OUT_H * OUT_W
-    pid_m, pid_n, g = _tile_ids(M, C_OUT_G, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
+    if PERSISTENT:
+        num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(C_OUT_G, BLOCK_N)
+        for tile in range(tl.program_id(axis=0), num_tiles, NUM_SMS):
+            pid_m, pid_n = _swizzle(tile, M, C_OUT_G, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
+            _conv_tile(
+                pid_m, pid_n, tl.program_id(axis=1), M,
+                x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, IN_H, IN_W, OUT_H, OUT_W, C_IN_G, C_OUT_G,
+                STRIDE_H, STRIDE_W, PAD_H, PAD_W, stride_xn, stride_xh, stride_xw, stride_xc,
+                stride_wg, stride_wk, stride_wn, stride_rn, stride_rh, stride_rw, stride_rc,
+                stride_yn, stride_yh, stride_yw, stride_yc, KH, KW, HAS_BIAS, HAS_RESIDUAL, APPLY_RELU,
+                ALLOW_TF32, INDEX_64, POOL, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, EVEN_N,
+            )  # fmt: skip
+    else:
+        pid_m, pid_n, g = _tile_ids(M, C_OUT_G, BLOCK_M, BLOCK_N, GROUP_SIZE_M)
+        _conv_tile(
+            pid_m, pid_n, g, M,
+            x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, IN_H, IN_W, OUT_H, OUT_W, C_IN_G, C_OUT_G,
+            STRIDE_H, STRIDE_W, PAD_H, PAD_W, stride_xn, stride_xh, stride_xw, stride_xc,
+            stride_wg, stride_wk, stride_wn, stride_rn, stride_rh, stride_rw, stride_rc,
+            stride_yn, stride_yh, stride_yw, stride_yc, KH, KW, HAS_BIAS, HAS_RESIDUAL, APPLY_RELU,
+            ALLOW_TF32, INDEX_64, POOL, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, EVEN_N,
+        )  # fmt: skip
+
+
+@triton.jit
+def _conv_tile(
+    pid_m, pid_n, g, M,
+    x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, IN_H, IN_W, OUT_H, OUT_W, C_IN_G, C_OUT_G,
+    STRIDE_H, STRIDE_W, PAD_H, PAD_W, stride_xn, stride_xh, stride_xw, stride_xc,
+    stride_wg, stride_wk, stride_wn, stride_rn, stride_rh, stride_rw, stride_rc,
+    stride_yn, stride_yh, stride_yw, stride_yc,
+    KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    APPLY_RELU: tl.constexpr, ALLOW_TF32: tl.constexpr, INDEX_64: tl.constexpr, POOL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
+):  # fmt: skip
+    """One BLOCK_M x BLOCK_N output tile of ``conv2d_fwd_kernel``: its K loop and epilogue."""
     if POOL:
         n, oh, ow, mask_m = _pool_quad_pixels(pid_m, M, OUT_H, OUT_W, BLOCK_M)
     else:

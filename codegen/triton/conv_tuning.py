@@ -18,12 +18,14 @@ from archdsl.codegen.triton.support import INTERPRET
 __all__ = [
     "AUTOTUNE_KEY",
     "NO_SPECIALIZE",
+    "DEFAULT_NUM_SMS",
     "SMALL_C_MAX",
     "stem_channels",
     "general_configs",
     "prune_general",
     "prune_small_c",
     "small_c_configs",
+    "uses_persistent_grid",
     "uses_small_c_kernel",
 ]
 
@@ -37,6 +39,27 @@ def uses_small_c_kernel(in_channels_per_group: int) -> bool:
     return in_channels_per_group < SMALL_C_MAX
 
 
+#: SMs of the H100 and H200 (SXM), for launches that cannot ask the device (offline, interpreter).
+DEFAULT_NUM_SMS = 132
+
+
+def uses_persistent_grid(args) -> bool:
+    """Whether a persistent grid (NUM_SMS programs looping over the tiles) is worth trying
+    for the general kernel instead of one program per tile: for one group, when the tiles
+    fill more than one wave of the SMs but under three, and not a whole number of waves.
+
+    ``args`` are the launch's arguments and meta-parameters (BLOCK_M and BLOCK_N from the
+    tile config, NUM_SMS from the launch). A partial last wave leaves SMs idle while it runs;
+    with many waves it is a small share of the time, and with less than one wave there is
+    nothing to loop over.
+    """
+    oh, ow = args["OUT_H"], args["OUT_W"]
+    m = args["BATCH"] * ((oh // 2) * (ow // 2) * 4 if args.get("POOL") else oh * ow)
+    tiles = triton.cdiv(m, args["BLOCK_M"]) * triton.cdiv(args["C_OUT_G"], args["BLOCK_N"])
+    sms = args["NUM_SMS"]
+    return args["GROUPS"] == 1 and sms < tiles < 3 * sms and tiles % sms != 0
+
+
 def stem_channels(in_channels_per_group: int) -> int:
     """The channels per group of the small-C kernel's input copy: the next power of two,
     at least 4, so that one pixel's channels are one aligned vector (RGB: 4 channels, 8 bytes
@@ -44,12 +67,11 @@ def stem_channels(in_channels_per_group: int) -> int:
     return max(4, 1 << max(0, in_channels_per_group - 1).bit_length())
 
 
-def _config(block_m, block_n, block_k, num_warps, num_stages, group_size_m=8):
-    return triton.Config(
-        {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_SIZE_M": group_size_m},
-        num_warps=num_warps,
-        num_stages=num_stages,
-    )
+def _config(block_m, block_n, block_k, num_warps, num_stages, group_size_m=8, persistent=None):
+    kwargs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_SIZE_M": group_size_m}
+    if persistent is not None:  # the general kernel's grid (the small-C kernel has no such flag)
+        kwargs["PERSISTENT"] = persistent
+    return triton.Config(kwargs, num_warps=num_warps, num_stages=num_stages)
 
 
 def general_configs() -> list[triton.Config]:
@@ -60,23 +82,35 @@ def general_configs() -> list[triton.Config]:
     tiles (64, 32) cover layers with few output channels per group, such as ResNet's
     64-channel stage; configs far larger than a layer are pruned before tuning. Under the
     interpreter there is a single small config, since autotuning there would run them all.
+
+    The large tiles come twice: one program per tile, and persistent (``PERSISTENT``: one
+    program per SM looping over the tiles). The prune keeps a persistent twin only for layers
+    whose tiles leave a partial last wave (:func:`uses_persistent_grid`), where the autotuner
+    then times both: the persistent K loop compiles to more registers and more instructions
+    per iteration (Triton 3.8, bf16: 136 against 105 for 128x128x64, 165-175 against 140 for
+    256x64x64), so it is not assumed faster. Only the 128x128-element tiles get a twin: the
+    persistent loop of the larger ones spills or outruns the main tiles' instruction bound
+    (256x128x64: 104 bytes of spill with Triton 3.6; 128x256x64: 185-188 instructions with
+    3.8), and that of the smaller ones the issue budget (64x64x64: 105 % of the slots).
     """
     if INTERPRET:
-        return [_config(32, 16, 16, num_warps=4, num_stages=1, group_size_m=4)]
-    return [
+        return [_config(32, 16, 16, num_warps=4, num_stages=1, group_size_m=4, persistent=False)]
+    tiles = [
         # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages
-        _config(128, 128, 64, 8, 3),
-        _config(128, 128, 64, 8, 4),
-        _config(128, 256, 64, 8, 3),
-        _config(256, 128, 64, 8, 3),
-        _config(128, 128, 32, 4, 4),
-        _config(256, 64, 64, 8, 3),
-        _config(128, 64, 64, 4, 4),
-        _config(64, 128, 64, 4, 4),
-        _config(128, 32, 64, 4, 4),
-        _config(64, 64, 64, 4, 4),
-        _config(64, 64, 32, 4, 5),
+        (128, 128, 64, 8, 3),
+        (128, 128, 64, 8, 4),
+        (128, 256, 64, 8, 3),
+        (256, 128, 64, 8, 3),
+        (128, 128, 32, 4, 4),
+        (256, 64, 64, 8, 3),
+        (128, 64, 64, 4, 4),
+        (64, 128, 64, 4, 4),
+        (128, 32, 64, 4, 4),
+        (64, 64, 64, 4, 4),
+        (64, 64, 32, 4, 5),
     ]
+    twins = [t for t in tiles if t[1] <= 128 and t[0] * t[1] == 128 * 128]
+    return [_config(*t, persistent=False) for t in tiles] + [_config(*t, persistent=True) for t in twins]
 
 
 def small_c_configs() -> list[triton.Config]:
@@ -208,7 +242,11 @@ def _prune(configs, named_args, kwargs, k_extent, fits):
 
 
 def prune_general(configs, named_args, **kwargs):
+    """The general kernel's prune (see :func:`_prune`), after dropping the persistent configs
+    of layers :func:`uses_persistent_grid` does not pick."""
     c_in_g = named_args["C_IN_G"]
+    configs = [c for c in configs if not c.kwargs.get("PERSISTENT")
+               or uses_persistent_grid({**named_args, **kwargs, **c.kwargs})]
     return _prune(configs, named_args, kwargs, c_in_g,
                   lambda *args: _fits_general(*args, c_in_g=c_in_g))
 
