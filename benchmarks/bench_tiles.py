@@ -76,7 +76,8 @@ def kept_configs(x, w_packed, bias, out):
 
 def describe(config) -> str:
     k = config.kwargs
-    return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{config.num_warps} s{config.num_stages}"
+    grid = " persistent" if k.get("PERSISTENT") else ""  # one program per SM looping over the tiles
+    return f"{k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} w{config.num_warps} s{config.num_stages}{grid}"
 
 
 def main(argv=None) -> int:
