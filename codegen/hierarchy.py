@@ -133,6 +133,9 @@ def _tree(graph: ArchGraph, hierarchical: bool) -> Level:
     _contain(root)
     _resolve_names(root)
     _interface(graph, root, position)
+    # The net takes its input and returns its output, even where the output is the input (a
+    # net whose one layer, a final softmax, was dropped for logits).
+    root.inputs, root.outputs = (source,), (graph.graph["output"],)
     _schedule(graph, root, position)
     return root
 

@@ -255,3 +255,11 @@ def test_a_label_names_a_layer_and_a_bare_block_repeat_is_a_sequence():
                     "unit1.1.conv1.weight", "unit1.1.bn1.weight", "unit1.2.conv1.weight", "unit1.2.bn1.weight",
                     "head.conv1.weight", "head.bn1.weight", "conv2.weight", "fc1.weight"]
     check_lowering(graph)  # the emitted source names them alike and computes the same
+
+
+def test_a_net_of_only_a_final_softmax_returns_its_input_as_logits():
+    graph = archdsl.loads("net s : 2x3x3 { softmax }")
+    x = torch.randn(2, 2, 3, 3)
+    assert torch.equal(archdsl.compile(graph)(x), x)
+    assert emit_source(lower_graph(graph)).rstrip().endswith("def forward(self, x):\n        return x")
+    torch.testing.assert_close(archdsl.compile(graph, softmax=True)(x), torch.softmax(x, dim=1))
