@@ -108,10 +108,10 @@ def _tree(graph: ArchGraph, hierarchical: bool) -> Level:
                 repeat = by_path[parent_path] = Repeat(parent_path)
                 grand.children[parent_path[-1]] = repeat
                 grand.members.append(("child", parent_path[-1]))
+            if int(name) != len(repeat.copies):  # a copy with no layer of its own before it
+                raise Flat  # (a block whose body is empty for some repeat index)
             new = Level(path, blocks.get(path))
             repeat.copies.append(new)
-            if int(name) != len(repeat.copies) - 1:
-                raise AssertionError(f"copies of {'.'.join(parent_path)} out of order")
         else:
             parent = level(parent_path)
             new = Level(path, blocks.get(path))
@@ -160,19 +160,16 @@ def _contain(level: Level | Repeat) -> set[str]:
 
 
 def _resolve_names(level: Level) -> None:
-    """A child whose name a node of the level already has (a block named like an op) gets a
-    trailing underscore; a fused node's extra layers (its batch norm) get their local names."""
-    taken = set(level.nodes)
+    """A child whose name a node of the level already has (a block named like an op, a label)
+    gets a trailing underscore."""
     for kind, attr in list(level.members):
-        if kind == "child" and attr in taken:
+        if kind == "child" and attr in level.nodes:
             new = attr + "_"
-            while new in taken or new in level.children:
+            while new in level.nodes or new in level.children:
                 new += "_"
             level.children[new] = level.children.pop(attr)
             level.members[level.members.index(("child", attr))] = ("child", new)
             _rename(level.children[new], len(level.path), new)
-    for local, node in level.nodes.items():
-        taken.add(local)
     for child in level.children.values():
         for copy in (child.copies if isinstance(child, Repeat) else [child]):
             _resolve_names(copy)

@@ -263,3 +263,12 @@ def test_a_net_of_only_a_final_softmax_returns_its_input_as_logits():
     assert torch.equal(archdsl.compile(graph)(x), x)
     assert emit_source(lower_graph(graph)).rstrip().endswith("def forward(self, x):\n        return x")
     torch.testing.assert_close(archdsl.compile(graph, softmax=True)(x), torch.softmax(x, dim=1))
+
+
+def test_a_repeat_whose_first_copy_is_empty_lowers_flat():
+    # b(0) writes no layer, so the repeat's copy 0 has nothing to hold: the module is lowered
+    # flat (keys are node names) rather than with a gap in the sequence.
+    graph = archdsl.loads("block b(n) { conv3-4 x{n} }\nnet t : 3x8x8 { conv3-4; b({i}) x3 for i; gap; fc-2 }")
+    model = archdsl.compile(graph)
+    assert "conv1.weight" in model.state_dict() and not any(k.startswith("b1.") for k in model.state_dict())
+    check_lowering(graph)
