@@ -295,3 +295,12 @@ def test_train_command_leaves_the_process_group(tmp_path, monkeypatch):
     finally:
         if tdist.is_initialized():
             tdist.destroy_process_group()
+
+
+def test_a_net_with_a_pooled_conv_classifier_trains(tmp_path):
+    """SqueezeNet's head: a 1x1 conv to the classes, pooled globally, no fc (N x C x 1 x 1)."""
+    spec = tmp_path / "convhead.arch"
+    spec.write_text("net convhead : 3x32x32 { conv3-8/2; concat { conv1-8 | conv3-8 }; dropout; conv1-10; gap; softmax }")
+    info = train(spec, tiny(), tmp_path / "run", recipe=short(), options=QUIET)
+    assert info["status"] == "done" and info["completed_iterations"] == 6
+    assert all(np.isfinite(m["train_loss"]) for m in runs.read_metrics(tmp_path / "run"))

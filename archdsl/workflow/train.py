@@ -65,6 +65,12 @@ def logits_module(graph: ArchGraph, backend: str = "torch") -> torch.nn.Module:
     return compile_spec(graph, backend=backend, softmax=False)
 
 
+def _vector(scores: torch.Tensor) -> torch.Tensor:
+    """N x C scores from a net that ends in a pooled 1x1 map (SqueezeNet's conv classifier:
+    N x C x 1 x 1); other outputs as they are."""
+    return scores.flatten(1) if scores.dim() == 4 and scores.shape[2:] == (1, 1) else scores
+
+
 def learning_rate(recipe: Recipe, iteration: int, total: int, drops: int) -> float:
     """The lr of one iteration: warm-up, then the base lr times gamma per milestone passed
     (multistep) or per plateau seen (plateau)."""
@@ -283,7 +289,7 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
         with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
             for start in range(0, len(mine), step):
                 x, y = inputs(*data_mod.batch(test, mine[start:start + step], recipe, size, None))
-                scores = scorer(x).float()
+                scores = _vector(scorer(x)).float()
                 loss += F.cross_entropy(scores, y, reduction="sum").item()
                 best = scores.topk(min(5, scores.shape[1]), dim=1).indices
                 top1 += (best[:, 0] != y).sum().item()
@@ -319,7 +325,7 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
-                    scores = runner(x)
+                    scores = _vector(runner(x))
                 loss = F.cross_entropy(scores.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
