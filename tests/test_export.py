@@ -57,6 +57,11 @@ def test_every_bundled_spec_exports_to_onnx_and_pt2(name):
     assert torch.equal(torch.from_numpy(onnx.numpy_helper.to_array(inits[key]).copy()), state[key])
     weighted = {key.rsplit(".", 1)[0] for key in params}  # each gives at least one node of its name
     assert weighted <= {node.name.split("/")[0] for node in model.graph.node}
+    # activations and additions are named after their module too (basic_stage1.basic1.relu2), not the
+    # op (a Concat of the exporter's own shape arithmetic has no module, so concats are not counted)
+    paths = set(module.paths.values())
+    named = [n.name.split("/")[0] for n in model.graph.node if n.op_type in ("Relu", "Add")]
+    assert named and all(name in paths for name in named), sorted(set(named) - paths)[:5]
     # onnxruntime agrees with PyTorch, at the traced batch and at another (the batch is dynamic).
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     for batch in (2, 3):
