@@ -243,6 +243,21 @@ def _schedule(graph: ArchGraph, level: Level, position: dict[str, int]) -> None:
             _schedule(graph, copy, position)
 
 
+def frees(level: Level) -> list[tuple[str, ...]]:
+    """For each step of a level, the values it reads for the last time (dead after it; the
+    level's outputs never are). The in-process module deletes them, the source reuses their
+    variables."""
+    last: dict[str, int] = {}
+    for i, step in enumerate(level.steps):
+        for arg in step.args:
+            last[arg] = i
+    dead: list[list[str]] = [[] for _ in level.steps]
+    for value, i in last.items():
+        if value not in level.outputs:
+            dead[i].append(value)
+    return [tuple(d) for d in dead]
+
+
 def levels(root: Level):
     """Every level, children before parents (the order a source file defines their classes)."""
     for child in root.children.values():
@@ -260,11 +275,12 @@ def paths(root: Level) -> dict[str, str]:
     return out
 
 
-def extra_attr(level: Level, node: str, attribute: str, graph: ArchGraph) -> str:
-    """The attribute, in ``level``, of a layer that ``node`` owns beside its own (a fused
+def extra_attr(level: Level, attribute: str, graph: ArchGraph) -> str:
+    """The attribute, in ``level``, of a layer a node owns beside its own (a fused
     conv's batch norm, named in the graph after the absorbed BN node): the BN node's name in
-    its submodule when it sat in this one, else its full node name."""
-    path, local = _where(graph, attribute) if attribute in graph.graph.get("modules", {}) else ((), attribute)
-    if path != level.path or local in level.children or (local in level.nodes and level.nodes[local] != attribute):
-        local = attribute  # never collides: node names are unique
+    its submodule, which is this one (a rewrite never absorbs across submodules), unless a
+    node or child of the level has it (then the BN's unique node name)."""
+    local = _where(graph, attribute)[1] if attribute in graph.graph.get("modules", {}) else attribute
+    if local in level.children or (local in level.nodes and level.nodes[local] != attribute):
+        local = attribute
     return local

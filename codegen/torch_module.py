@@ -11,19 +11,6 @@ from archdsl.codegen.torch_ops import forward_fn, from_linear, linear_weights_as
 from archdsl.ir import ArchGraph
 
 
-def _frees(steps, outputs: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """For each step of a level, the values it reads for the last time (freed after it)."""
-    last: dict[str, int] = {}
-    for i, step in enumerate(steps):
-        for arg in step.args:
-            last[arg] = i
-    frees: list[list[str]] = [[] for _ in steps]
-    for value, i in last.items():
-        if value not in outputs:
-            frees[i].append(value)
-    return [tuple(f) for f in frees]
-
-
 class Block(torch.nn.Module):
     """One block call of the spec (or the net itself): its layers and the submodules of the
     block calls it makes, under the names the spec gives them, and a ``forward`` that runs
@@ -57,12 +44,12 @@ class Block(torch.nn.Module):
                 self.add_module(attr, layer.build())
             roles = []
             for role, attribute, extra in low.extra:  # e.g. a fused conv's batch norm
-                here = hierarchy.extra_attr(level, node, attribute, graph)
+                here = hierarchy.extra_attr(level, attribute, graph)
                 self.add_module(here, extra.build())
                 roles.append((role, here))
             extras[node] = tuple(roles)
         self._program = []
-        for step, frees in zip(level.steps, _frees(level.steps, level.outputs)):
+        for step, frees in zip(level.steps, hierarchy.frees(level)):
             if step.node is not None:
                 low = lowered[step.node]
                 self._program.append((step.attr, (low.layer or low.module) is not None, forward_fn(low),

@@ -126,16 +126,3 @@ def linear_weights_as_kernels(state_dict: dict, prefix: str, layers: dict[str, t
         weight = state_dict.get(key)
         if weight is not None and weight.dim() == 2 and weight.shape[1] == c * kh * kw:
             state_dict[key] = weight.reshape(weight.shape[0], c, kh, kw)
-
-
-def last_uses(graph: ArchGraph, order: list[str]) -> dict[str, list[str]]:
-    """For each node, the values whose last reader it is (so they can be freed after it)."""
-    last: dict[str, str] = {}
-    for name in order:
-        for arg in graph.nodes[name]["args"]:
-            last[arg] = name
-    frees: dict[str, list[str]] = {name: [] for name in order}
-    for value, reader in last.items():
-        if value != graph.graph["output"]:
-            frees[reader].append(value)
-    return frees

@@ -151,7 +151,7 @@ class _Writer:
             if low.layer is not None:
                 lines.append(f"        self.{attr} = {self.ctor(low.layer)}")
             for _, attribute, layer in low.extra:  # e.g. a fused conv's batch norm
-                here = hierarchy.extra_attr(level, node, attribute, self.graph)
+                here = hierarchy.extra_attr(level, attribute, self.graph)
                 lines.append(f"        self.{here} = {self.ctor(layer)}")
         return lines
 
@@ -161,22 +161,18 @@ class _Writer:
         variables = _Variables()
         var = {value: variables.take() for value in level.inputs}
         params = [var[v] for v in level.inputs]
-        last: dict[str, int] = {}
-        for i, step in enumerate(level.steps):
-            for arg in step.args:
-                last[arg] = i
         lines = []
-        for i, step in enumerate(level.steps):
+        for step, dead in zip(level.steps, hierarchy.frees(level)):
             argv = [var[a] for a in step.args]
             if step.node is not None:
                 low = self.lowered[step.node]
-                roles = {role: f"self.{hierarchy.extra_attr(level, step.node, attribute, self.graph)}"
+                roles = {role: f"self.{hierarchy.extra_attr(level, attribute, self.graph)}"
                          for role, attribute, _ in low.extra}
                 expr = low.expr.format(*argv, self=f"self.{step.attr}", **roles)
             else:
                 name, _, index = step.attr.partition(".")
                 expr = f"self.{name}{f'[{index}]' if index else ''}({', '.join(argv)})"
-            dying = [a for a in dict.fromkeys(step.args) if last[a] == i and a not in level.outputs]
+            dying = [a for a in dict.fromkeys(step.args) if a in dead]
             for value in dying:
                 variables.free.append(var[value])
             prefer = var[step.args[0]] if step.args and step.args[0] in dying else None

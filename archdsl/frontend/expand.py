@@ -43,13 +43,30 @@ SHORTCUTS = ("a", "b", "c", "p", "preact", "none", "identity")
 INPUT_WIDTH = "in"
 
 
+def _attribute(name: str) -> str:
+    """A name the lowered module uses as an attribute: a leading "__" would be name-mangled in
+    a class, so it gains a "b"."""
+    return "b" + name if name.startswith("__") else name
+
+
+class _Calls:
+    """The submodule names one block call (or the net) gives the calls made in it: a per-block
+    count for the unlabelled ones, the names taken, and the name given to each statement (keyed
+    by the statement and the scope it runs in; the scope is held so its id is not reused)."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+        self.taken: set[str] = set()
+        self.given: dict[tuple[int, int], tuple[str, "_Scope"]] = {}
+
+
 class _Scope:
     """Where statements are being expanded: the block-call path, the name prefix, and the named
     values visible here (its own, then its parent's)."""
 
     def __init__(self, path: str = "", prefix: str = "", calls: tuple[str, ...] = (),
                  parent: "_Scope | None" = None, body: tuple = (), module: tuple[str, ...] = (),
-                 children: "dict | None" = None, blocks: tuple = ()):
+                 children: _Calls | None = None, blocks: tuple = ()):
         self.path, self.prefix, self.calls = path, prefix, calls
         self.parent, self.body = parent, body
         self.values: dict[str, tuple[str, Span]] = {}  # name -> (node, where it was defined)
@@ -57,7 +74,7 @@ class _Scope:
         # call ("basic_stage2", "basic2", "0": the first copy of a repeated call), and the names
         # given to the calls made in this block or net, shared by its nested scopes.
         self.module = module
-        self.children: dict = {} if children is None else children
+        self.children = _Calls() if children is None else children
         self.blocks = blocks  # (module path, block name) of this call and the calls around it
 
     def child(self, body: tuple) -> "_Scope":
@@ -77,24 +94,21 @@ class _Scope:
         block this block or net made before (``basic2``); a repeated call (``x{n}``) is a
         sequence whose copies are ``0``, ``1``, ... So a key reads ``basic_stage2.basic2.0.conv1``,
         and inserting a layer elsewhere renames nothing."""
-        key = (id(call), id(self))
-        name, _ = self.children.get(key, (None, None))
+        calls, key = self.children, (id(call), id(self))
+        name = calls.given[key][0] if key in calls.given else None
         if name is None:
-            counts = self.children.setdefault("counts", {})
             wanted = call.label.name if call.label is not None else None
             if wanted is None:
                 base = base or call.name
-                counts[base] = counts.get(base, 0) + 1
-                wanted = f"{base}{counts[base]}"
-            if wanted.startswith("__"):  # an attribute name: "__b1" would be name-mangled in a class
-                wanted = "b" + wanted
-            taken = self.children.setdefault("taken", set())
-            name, i = wanted, 1
-            while name in taken:  # the same label in two copies of a repeated group
+                calls.counts[base] = calls.counts.get(base, 0) + 1
+                wanted = f"{base}{calls.counts[base]}"
+            wanted = name = _attribute(wanted)
+            i = 1
+            while name in calls.taken:  # the same label in two copies of a repeated group
                 i += 1
                 name = f"{wanted}_{i}"
-            taken.add(name)
-            self.children[key] = (name, self)  # holding the scope keeps its id from being reused
+            calls.taken.add(name)
+            calls.given[key] = (name, self)
         return self.module + ((name, str(copy)) if call.repeat is not None else (name,))
 
     def lookup(self, name: str) -> tuple[str, Span] | None:
@@ -319,8 +333,8 @@ class Builder:
             self.flush()
         name = self.emit(op, attrs, layer.span, scope)
         if layer.label is not None and layer.repeat is None:  # ``stem = conv7-64/2``: the layer's name
-            label = ("b" if layer.label.name.startswith("__") else "") + layer.label.name
-            self.graph.graph.setdefault("modules", {})[name] = (scope.module, label, scope.blocks)
+            self.graph.graph.setdefault("modules", {})[name] = (scope.module, _attribute(layer.label.name),
+                                                                 scope.blocks)
         if act == "relu":
             self.pending = (layer.span, scope, self.stmts)
 
@@ -340,15 +354,15 @@ class Builder:
         local = bind(block.params, call.args, call.kwargs, self.with_width(call, env), call.span,
                      f"block {block.name!r}")
         instance = self.instances[call.name] = self.instances.get(call.name, 0) + 1
+        module = scope.submodule(call, self.stmts[-1][2] if self.stmts else 0)
         inner = _Scope(
             f"{scope.path}.{call.name}{instance}" if scope.path else f"{call.name}{instance}",
-            # Node names become attribute names; a leading "__" would be name-mangled in a class.
-            ("b" if call.name.startswith("__") else "") + f"{call.name}{instance}_",
+            _attribute(f"{call.name}{instance}_"),  # node names become attribute names
             scope.calls + (call.name,),
             body=block.body,
-            module=scope.submodule(call, self.stmts[-1][2] if self.stmts else 0),
+            module=module,
+            blocks=scope.blocks + ((module, call.name),),
         )
-        inner.blocks = scope.blocks + ((inner.module, call.name),)
         self.enter(call.span)
         try:
             self.body(block.body, local, inner)
