@@ -27,6 +27,7 @@ Op groups (sets of :class:`Op`), which passes match instead of naming ops:
 * :data:`WEIGHTED` -- ops owning a weight whose multiply-accumulates count as MACs
 * :data:`COMMUTES_WITH_AVERAGE` -- per-channel ops that commute with a spatial average in eval
   mode, so a global average pooling can move past them (:mod:`archdsl.passes.fc_to_conv`)
+* :data:`STATEFUL` -- ops whose layer holds parameters or running statistics (state_dict entries)
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from archdsl.shape import Shape
 __all__ = [
     "ACTIVATIONS", "BEFORE_ACTIVATION", "COMMUTES_WITH_AVERAGE", "CONV_LIKE", "DSL_NAMES", "Dsl", "GLOBAL_POOLS", "Layer",
     "Lowered", "MERGES", "NORMS", "Op", "OpDef", "POINTWISE", "POOLS", "ShapeError", "TABLE",
-    "WEIGHTED", "describe", "output_shape",
+    "WEIGHTED", "STATEFUL", "describe", "output_shape",
 ]
 
 
@@ -72,6 +73,7 @@ BEFORE_ACTIVATION = _group("before_activation")
 MERGES = _group("merge")
 WEIGHTED = _group("weighted")
 COMMUTES_WITH_AVERAGE = _group("commutes_with_average")
+STATEFUL = _group("stateful")
 
 #: Every name a spec may write for a layer (lower case, aliases included) -> its op.
 DSL_NAMES: dict[str, Op] = {name: op for op, row in TABLE.items() if row.dsl for name in row.dsl.names}

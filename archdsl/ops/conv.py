@@ -143,7 +143,7 @@ def _dsl(w):
     return attrs, w.choice("act", "relu", ("relu", "none"))
 
 
-_COMMON = dict(shape=_shape, groups=frozenset({"conv_like", "weighted"}), counts=_counts,
+_COMMON = dict(shape=_shape, groups=frozenset({"conv_like", "weighted", "stateful"}), counts=_counts,
                field=window_field, subsampling=window_stride, describe=_describe)
 
 register(

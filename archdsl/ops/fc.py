@@ -39,7 +39,7 @@ register(
     OpDef("LINEAR", "linear", 1, {"out_features": int, "bias": bool}, _shape, _lower,
           doc="fully connected layer; a CxHxW input is flattened in (C, H, W) order; optional "
               "attrs['in_features']: the input size the spec states, checked by shape inference",
-          node_name="fc", groups=frozenset({"weighted"}), counts=_counts, field=whole_map_field,
+          node_name="fc", groups=frozenset({"weighted", "stateful"}), counts=_counts, field=whole_map_field,
           subsampling=no_single_stride,
           describe=lambda a: f"fc {a['out_features']}" + ("" if a["bias"] else " no-bias"),
           dsl=Dsl(("fc", "linear"), _dsl, ("bias", "act", "in"),

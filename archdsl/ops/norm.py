@@ -53,7 +53,7 @@ register(
     OpDef("BATCHNORM", "bn", 1, {"eps": float}, same_shape, _bn_lower, node_name="bn",
           # "before_activation": a layer's implied ReLU is placed after a batch norm written next.
           # "commutes_with_average": in eval mode an affine map per channel.
-          groups=frozenset({"norm", "before_activation", "commutes_with_average"}),
+          groups=frozenset({"norm", "before_activation", "commutes_with_average", "stateful"}),
           counts=lambda a, x, y: (2 * x.c, 0),
           dsl=Dsl(("bn", "batchnorm"), simple_dsl(check=_bounded("eps"), eps=1e-5), ("eps",), doc="bn: batch normalisation")),
 )

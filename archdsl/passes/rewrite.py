@@ -11,6 +11,10 @@ node becomes and which of its readers it absorbs. :func:`rewrite` runs the rules
   reader of the node before it in the chain (the rewritten node first), and no node but the
   last may be the graph output, since a value read elsewhere (a raw conv output a shortcut
   also reads) must stay; a match that breaks it is not applied;
+* a match never absorbs a node with state (:data:`~archdsl.ops.STATEFUL`) from another
+  submodule (another block call, see ``graph.graph["modules"]``): a BN written after a block
+  that ends in a conv stays a layer of its own, so every backend's module has the same tree
+  and the same state_dict keys (a pool after the block is absorbed: it has no state);
 * the rewritten node keeps its name (and span and scope); absorbed nodes disappear and their
   readers, and the graph output, read the rewritten node instead;
 * after a walk that changed anything it re-derives shapes and counts.
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from archdsl.ir import ArchGraph, Op
+from archdsl.ops import STATEFUL
 from archdsl.passes.analysis import analyse
 from archdsl.passes.shapes import infer_shapes
 
@@ -61,6 +66,12 @@ def _sole_chain(graph: ArchGraph, name: str, absorbed: tuple[str, ...]) -> bool:
     return True
 
 
+def _state_stays(graph: ArchGraph, name: str, absorbed: tuple[str, ...]) -> bool:
+    modules = graph.graph.get("modules", {})
+    home = modules.get(name, ((),))[0]
+    return all(modules.get(node, ((),))[0] == home for node in absorbed if graph.nodes[node]["op"] in STATEFUL)
+
+
 def rewrite(graph: ArchGraph, rules: tuple[Rule, ...]) -> tuple[ArchGraph, bool]:
     """Apply ``rules`` to a copy of ``graph`` (see the module docstring).
 
@@ -77,7 +88,8 @@ def rewrite(graph: ArchGraph, rules: tuple[Rule, ...]) -> tuple[ArchGraph, bool]
             matched = False
             for rule in rules:
                 result = rule(new, name)
-                if result is None or not _sole_chain(new, name, result.absorbed):
+                if result is None or not _sole_chain(new, name, result.absorbed) \
+                        or not _state_stays(new, name, result.absorbed):
                     continue
                 data = new.nodes[name]
                 data["op"], data["attrs"] = result.op, result.attrs
