@@ -51,10 +51,6 @@ class Level:
     outputs: tuple[str, ...] = ()
     steps: list[Step] = field(default_factory=list)
 
-    @property
-    def dotted(self) -> str:
-        return ".".join(self.path)
-
 
 @dataclass
 class Repeat:
@@ -77,15 +73,13 @@ def _where(graph: ArchGraph, node: str) -> tuple[tuple[str, ...], str]:
     return (tuple(module[0]), module[1]) if module else ((), node)
 
 
-def tree(graph: ArchGraph, flat: bool = False) -> Level:
-    """The module tree of ``graph`` (prepared for its backend). ``flat``: one level, as a graph
-    whose calls cannot be contracted is lowered."""
-    if not flat:
-        try:
-            return _tree(graph, hierarchical=True)
-        except Flat:
-            pass
-    return _tree(graph, hierarchical=False)
+def tree(graph: ArchGraph) -> Level:
+    """The module tree of ``graph`` (prepared for its backend); one flat level where its calls
+    cannot be contracted."""
+    try:
+        return _tree(graph, hierarchical=True)
+    except Flat:
+        return _tree(graph, hierarchical=False)
 
 
 def _tree(graph: ArchGraph, hierarchical: bool) -> Level:
