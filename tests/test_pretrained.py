@@ -66,7 +66,7 @@ def test_resnet_v1_5_moves_the_stride_not_the_parameters():
     v1, v15 = archdsl.load("resnet50"), archdsl.load("resnet50", v1_5=1)
     assert v1.params == v15.params == 25_557_032
     assert v1.macs == 3_857_973_248  # unchanged by the option: v1 stays the default
-    assert v15.macs == 4_089_184_256  # REFERENCE.md: v1.5's ResNet-50, 4.09e9
+    assert v15.macs == 4_089_184_256  # torchvision's ResNet50_Weights: 4.09 GFLOPS (multiply-adds), the v1.5 layout
     for name in ("resnet101", "resnet152"):
         assert archdsl.load(name, v1_5=1).params == archdsl.load(name).params
     strided = [(d["attrs"]["kernel"], d["attrs"]["stride"]) for _, d in v15.ops()

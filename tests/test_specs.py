@@ -158,7 +158,8 @@ def test_preact_cifar_resnets_by_hand():
     ResNet-110: 18 basic units [3x3, c; 3x3, c] per stage, c = 16, 32, 64, shortcuts as the
     original CIFAR nets (option A, no parameters). Each unit has two BNs; the first unit's
     first BN sits on conv1's output, so the BNs match the original net's one-per-conv, and the
-    count equals the original ResNet-110's 1,727,962 (REFERENCE.md).
+    count equals the original ResNet-110's 1,727,962 (He et al. 2016, "Deep Residual Learning",
+    section 4.2; Table 6 rounds it to 1.7M; ``cifar_resnet`` at n=18, tests/test_sweep.py).
 
     ResNet-164: 18 bottleneck units [1x1, c; 3x3, c; 1x1, 4c] per stage, c = 16, 32, 64;
     where the dimensions grow (the first unit of each stage: 16->64, 64->128, 128->256) a 1x1

@@ -16,7 +16,8 @@ from archdsl.errors import SpecError
 from archdsl.workflow import counts, sweep
 from archdsl.workflow.tables import FORMATS, render
 
-# ResNet paper, section 4.2 (REFERENCE.md, "CIFAR-10 ResNets"): n -> (depth 6n+2, parameters).
+# ResNet paper (He et al. 2016), section 4.2, and its Table 6, which rounds the counts (0.27M, 0.46M,
+# 0.66M, 0.85M, 1.7M): n -> (depth 6n+2, parameters).
 CIFAR_RESNETS = {3: (20, 269_722), 5: (32, 464_154), 7: (44, 658_586), 9: (56, 853_018), 18: (110, 1_727_962)}
 
 

@@ -1,6 +1,6 @@
 """The papers' training recipes as named presets; every field can be overridden.
 
-Sources (see also REFERENCE.md, "Training recipes"):
+Sources:
 
 * ``resnet-cifar``: He et al. 2016, section 4.2: SGD, batch 128, momentum 0.9, weight decay
   1e-4, lr 0.1 divided by 10 at 32k and 48k iterations, stop at 64k (here: at 50 % and 75 %
