@@ -161,8 +161,9 @@ def _summary(args) -> int:
 def _list(args) -> int:
     from archdsl.pipeline import load
     from archdsl.summary import arguments
+    from archdsl.tables import fixed_width
 
-    rows = [("spec", "parameters", "arguments (defaults)", "description")]
+    rows = []
     for s in list_specs():
         try:
             graph = load(s.path)
@@ -170,9 +171,7 @@ def _list(args) -> int:
         except SpecError as err:  # a bundled spec that needs a value: say so rather than fail
             n_params, values = "?", err.message
         rows.append((s.name, n_params, values or "-", s.description))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for name, params, values, description in rows:
-        print(f"{name:<{widths[0]}}  {params:>{widths[1]}}  {values:<{widths[2]}}  {description}".rstrip())
+    print("\n".join(fixed_width(("spec", "parameters", "arguments (defaults)", "description"), rows, right={1})))
     return 0
 
 

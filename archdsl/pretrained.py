@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import torch
 
 from archdsl.ir import ArchGraph
+from archdsl.tables import fixed_width
 
 SOURCES = ("auto", "torchvision", "timm")
 # Sources whose bottleneck ResNets all put the downsampling stride on the 3x3 ("v1.5").
@@ -101,9 +102,7 @@ class WeightMap:
         head = ("target", "source", "shape", "status")
         body = [(r.target or "-", r.source or "-", "x".join(map(str, r.shape)) or "scalar", r.status)
                 for r in self.rows]
-        widths = [max(len(row[i]) for row in [head, *body]) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *body]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = fixed_width(head, body)
         fitted = sum(r.status == "ok" for r in self.rows)
         lines.append(f"\n{fitted} of {sum(r.target is not None for r in self.rows)} target tensors mapped")
         lines += [f"problem: {p}" for p in self.problems] + [f"note: {n}" for n in self.notes]

@@ -96,7 +96,9 @@ def test_list_shows_every_bundled_spec(capsys):
 
 def test_list_shows_parameter_counts_and_arguments(capsys):
     assert main(["list"]) == 0
-    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["spec", "parameters"] and set(out[1]) == {"-", " "}  # header, rule
+    lines = {line.split()[0]: line for line in out}
     assert "60,965,224" in lines["alexnet"] and "groups=2" in lines["alexnet"]
     assert "269,722" in lines["cifar_resnet"] and "n=3" in lines["cifar_resnet"]
     assert "shortcut=A" in lines["cifar_resnet"]

@@ -125,3 +125,12 @@ def test_sdist_and_the_wheel_built_from_it(tmp_path):
     assert len(want) > 40 and "archdsl/codegen/triton/conv.py" in want
     assert not sorted(want - names), f"the wheel lacks {sorted(want - names)}"
     assert not [n for n in names if n.split("/")[0] in ("codegen", "grammars", "specs", "tests")]
+
+
+def test_one_table_printer():
+    """Every fixed-width table the package prints goes through :func:`archdsl.tables.fixed_width`:
+    no other module pads cells itself."""
+    padding = re.compile(r"\.(l|r)just\(|:[<>]\{")
+    found = [str(path.relative_to(ROOT)) for folder in PACKAGE_DIRS.values() for path in folder.rglob("*.py")
+             if padding.search(path.read_text(encoding="utf-8"))]
+    assert found == ["archdsl/tables.py"], f"modules padding table cells themselves: {found}"

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from archdsl.tables import fixed_width
+
 FORMATS = ("text", "csv", "md", "json", "latex")
 
 
@@ -112,12 +114,6 @@ def render(rows: Sequence[dict], fmt: str = "text", columns: Sequence[Column] | 
         lines += [" & ".join(_latex(c) for c in row) + r" \\" for row in cells]
         lines += [r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines)
-    widths = [max(len(x) for x in col) for col in zip(headers, *cells)]
-
-    def line(values):
-        return "  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)).rstrip()
-
     lines = [title] if title else []
-    lines += [line(headers), "  ".join("-" * w for w in widths)]
-    lines += [line(row) for row in cells]
+    lines += fixed_width(headers, cells, right=[i for i, r in enumerate(right) if r])
     return "\n".join(lines)

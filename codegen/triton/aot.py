@@ -41,6 +41,7 @@ from archdsl.codegen.triton import support
 from archdsl.codegen.triton.hopper import MAX_REGISTERS, SHARED_LIMIT, issue_share
 from archdsl.ir import ArchGraph, Op
 from archdsl.ops.conv import conv_shape
+from archdsl.tables import fixed_width
 
 __all__ = ["Compiled", "Launch", "compile_launches", "launches", "report", "table"]
 
@@ -435,14 +436,7 @@ def table(rep: Report) -> str:
                      ",".join(map(str, r.async_copies)) or "-", ",".join(map(str, r.stores)) or "-",
                      "-" if r.loop_instructions is None else f"{r.loop_instructions} ({r.loop_mma} mma)",
                      "-" if r.issue_share is None else f"{100 * r.issue_share:.0f}", status))
-    widths = [max(len(c), *(len(row[i]) for row in body)) if body else len(c) for i, c in enumerate(cols)]
-    right = {4, 5, 6, 10, 11}
-    lines = [head, ""]
-    for row in (cols, *body):
-        lines.append("  ".join(v.rjust(w) if i in right else v.ljust(w)
-                               for i, (v, w) in enumerate(zip(row, widths))).rstrip())
-        if row is cols:
-            lines.append("  ".join("-" * w for w in widths))
+    lines = [head, "", *fixed_width(cols, body, right={4, 5, 6, 10, 11})]
     problems = rep.problems()
     lines.append("")
     lines.append("\n".join(problems) if problems else "every config compiles, fits and keeps to registers")
