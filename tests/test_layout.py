@@ -134,3 +134,44 @@ def test_one_table_printer():
     found = [str(path.relative_to(ROOT)) for folder in PACKAGE_DIRS.values() for path in folder.rglob("*.py")
              if padding.search(path.read_text(encoding="utf-8"))]
     assert found == ["archdsl/tables.py"], f"modules padding table cells themselves: {found}"
+
+
+def test_readme_layout_names_every_module():
+    """README's "How the code is laid out" names only paths that exist, and every module of the
+    package's own folders: each one in ``archdsl/``, ``archdsl/frontend/`` and ``codegen/`` by
+    its file name, the folders of one concern each (``archdsl/ops/``, ``passes/``, ...) by name."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## How the code is laid out", 1)[1].split("\n## ", 1)[0]
+    quoted = set(re.findall(r"`([^`\s]+)`", section))
+    paths = {q.rstrip("/") for q in quoted if "/" in q and not q.startswith("archdsl.")}
+    assert "archdsl/pipeline.py" in paths
+    assert not [p for p in sorted(paths) if not (ROOT / p).exists()], "paths in the layout that do not exist"
+    folders = {"archdsl/ops", "archdsl/passes", "archdsl/workflow", "archdsl/testing"}
+    assert folders <= paths, f"folders the layout leaves out: {sorted(folders - paths)}"
+    modules = [p for folder in ("archdsl", "archdsl/frontend", "codegen", "codegen/triton")
+               for p in sorted((ROOT / folder).glob("*.py")) if p.stem not in ("__init__", "__main__")]
+    unnamed = [str(p.relative_to(ROOT)) for p in modules if p.name not in quoted and
+               str(p.relative_to(ROOT)) not in quoted]
+    assert not unnamed, f"modules the README's layout does not name: {unnamed}"
+
+
+def test_module_references_in_docstrings_resolve():
+    """``:mod:`` references name modules that import: ``archdsl.codegen.hierarchy``, not the
+    folder path ``codegen.hierarchy`` (no such module is installed)."""
+    def exists(name: str) -> bool:
+        parts = name.split(".")
+        for package, folder in sorted(PACKAGE_DIRS.items(), key=lambda kv: -len(kv[0])):
+            if name == package or name.startswith(package + "."):
+                rest = parts[len(package.split(".")):]
+                path = folder.joinpath(*rest)
+                return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file() or \
+                    (rest and path.parent.with_suffix(".py").is_file())  # a name inside a module
+        return False
+
+    broken = []
+    for folder in PACKAGE_DIRS.values():
+        for path in folder.rglob("*.py"):
+            for name in re.findall(r":mod:`~?([\w.]+)`", path.read_text(encoding="utf-8")):
+                if name.split(".")[0] in ("archdsl", "codegen", "grammars", "specs") and not exists(name):
+                    broken.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not broken, f"module references that do not resolve: {broken}"
