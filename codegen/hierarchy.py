@@ -3,8 +3,8 @@
 The front end records where each node was written (``meta["module"]``: the path of block
 calls it sits in, and its attribute name there). This module turns that into a tree of
 :class:`Level` objects, one per block call plus the net itself, that both lowerings walk: the
-in-process module (:mod:`codegen.torch_module`) makes each level an ``nn.Module`` and the
-source writer (:mod:`codegen.torch_source`) a class. A repeated call (``basic(64) x5``) is a
+in-process module (:mod:`archdsl.codegen.torch_module`) makes each level an ``nn.Module`` and the
+source writer (:mod:`archdsl.codegen.torch_source`) a class. A repeated call (``basic(64) x5``) is a
 :class:`Repeat`: an ``nn.Sequential`` when its copies form a chain, as they do unless a pass
 has rewired them. So a state_dict key says where its tensor sits in the spec
 (``basic_stage2.basic2.0.conv1.weight``), and inserting a layer renames nothing around it.

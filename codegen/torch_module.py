@@ -93,7 +93,7 @@ class ArchModule(Block):
     The module tree follows the spec: every layer is an attribute named as the spec's block
     or net names it (``conv1``, ``bn2``), every block call a submodule (``basic_stage2``), a
     repeated call an ``nn.Sequential`` of its copies; so ``state_dict`` keys read
-    ``basic_stage2.basic2.0.conv1.weight`` (see :mod:`codegen.hierarchy`).
+    ``basic_stage2.basic2.0.conv1.weight`` (see :mod:`archdsl.codegen.hierarchy`).
 
     In the dense form (fc layers made convolutions), ``load_state_dict`` also takes the fc
     module's state dict: a pre-hook reshapes the 2-D fc weights to kernels as they load.

@@ -2,8 +2,8 @@
 the lowerings name, and the weight-layout helpers both lowerings share.
 
 What each op becomes is its row of the op table (:mod:`archdsl.ops`), with the backend's
-overrides (:mod:`archdsl.backends`); :mod:`codegen.torch_module` builds an in-process
-``nn.Module`` from it and :mod:`codegen.torch_source` writes the same module as source text.
+overrides (:mod:`archdsl.backends`); :mod:`archdsl.codegen.torch_module` builds an in-process
+``nn.Module`` from it and :mod:`archdsl.codegen.torch_source` writes the same module as source text.
 The forward helpers are named module-level functions, so a built module pickles.
 """
 

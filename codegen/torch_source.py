@@ -292,7 +292,7 @@ def _loop(calls: list[tuple[str, list[int]]]) -> str | None:
 def emit_source(graph: ArchGraph, backend: Backend | str = TORCH) -> str:
     """The graph as a Python module: one ``nn.Module`` class per distinct block call (calls
     that compile to the same layers share one), and the net's class, whose attributes and
-    submodules are those of the in-process module (:mod:`codegen.hierarchy`), so the two take
+    submodules are those of the in-process module (:mod:`archdsl.codegen.hierarchy`), so the two take
     the same state_dict.
 
     Args:

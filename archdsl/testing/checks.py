@@ -128,7 +128,7 @@ def source_module(graph: ArchGraph, backend: str = "torch", capture: Callable | 
 def emitted_shapes(graph: ArchGraph, module, x, expected: dict[str, tuple[int, ...]] | None = None):
     """Run the emitted source of ``graph`` with ``module``'s weights on ``x``: the shape of one
     sample of every node's value as the emitted ``forward`` methods assign it (each line of a
-    block's forward is a step of its level in :mod:`codegen.hierarchy`), and the output. With
+    block's forward is a step of its level in :mod:`archdsl.codegen.hierarchy`), and the output. With
     ``expected``, raise AssertionError at the first value whose shape differs."""
     import torch
 
