@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import networkx as nx
+import pytest
 
 import archdsl
 
@@ -85,3 +87,34 @@ def test_import_archdsl_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
     assert archdsl.compile  # the public API is there without torch
+
+
+def test_every_module_loads_once_even_with_the_checkout_on_the_path():
+    """With the checkout on ``sys.path`` as well (``PYTHONPATH=.``), importing every module of
+    the package and compiling a net for the triton backend loads each source file as one
+    module object: nothing imports the folders as top-level ``codegen``, ``grammars``, ``specs``."""
+    if not archdsl.__file__.startswith(str(ROOT)):
+        pytest.skip("the package under test is installed, not this checkout")
+    names = sorted(n for n in import_graph() if not n.endswith("__main__"))  # that one runs the CLI
+    code = (
+        "import importlib, os, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        "import archdsl\n"
+        "archdsl.compile(archdsl.loads('net t : 3x8x8 { conv3-4; bn; maxpool; LRN; fc-2 }'), backend='triton')\n"
+        f"root = {str(ROOT)!r} + os.sep\n"
+        "files = {}\n"
+        "for name, mod in list(sys.modules.items()):\n"
+        "    f = getattr(mod, '__file__', None)\n"
+        "    if f and os.path.realpath(f).startswith(root) and os.sep + '.venv' not in f:\n"
+        "        files.setdefault(os.path.realpath(f), []).append(name)\n"
+        "print(len(files)); print({f: n for f, n in files.items() if len(n) > 1})\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in ('codegen', 'grammars', 'specs')))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded, twice, top_level = out.stdout.splitlines()[-3:]
+    assert int(loaded) >= len(names), out.stdout  # every module seen, each from this checkout
+    assert twice == "{}" and top_level == "[]", out.stdout
