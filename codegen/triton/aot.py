@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from archdsl.backends import TRITON
 from archdsl.codegen.triton import support
 from archdsl.codegen.triton.hopper import MAX_REGISTERS, SHARED_LIMIT, issue_share
 from archdsl.ir import ArchGraph, Op
@@ -149,7 +150,7 @@ def launches(lowered: ArchGraph, *, batch: int = 64, dtype: torch.dtype = torch.
     for name in lowered.order():
         data = lowered.nodes[name]
         op, a = data["op"], data["attrs"]
-        if op not in (Op.CONV, Op.FUSED_CONV, Op.LRN):
+        if op not in TRITON.overrides:  # not lowered to one of the backend's kernels
             continue
         x_shape = lowered.shape(data["args"][0])
         x = _meta_tensor(batch, x_shape, dtype, channels_last=True)
