@@ -93,6 +93,26 @@ def test_dense_scores_equal_fc_scores_at_the_spec_input(name):
         close(torch.softmax(score_map.mean(dim=(2, 3)), dim=1), probs)
 
 
+@pytest.mark.parametrize("name, size", [
+    ("googlenet", 64), ("densenet121", 64), ("squeezenet", 64), ("preact_resnet110", 32), ("preact_resnet164", 32),
+])
+def test_dense_scores_of_the_dag_nets_average_to_their_fc_scores(name, size):
+    # The nets with branches and concatenations: the dense form moves only the final global
+    # pooling (SqueezeNet's output is already a 1x1 map), so its score map averages to the
+    # ordinary net's scores. At a small input, in float64 (see above).
+    graph = archdsl.load(name, input=f"3x{size}x{size}")
+    fc = randomise(archdsl.compile(graph), seed=1).double()
+    dense = archdsl.compile(graph, dense=True).eval()
+    dense.load_state_dict(fc.state_dict(), strict=True)
+    dense = dense.double()
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        scores, score_map = fc(x).flatten(1), dense(x)
+    assert score_map.dim() == 4 and score_map.shape[1] == graph.output_shape.c
+    assert scores.std() > 0.1
+    close(score_map.mean(dim=(2, 3)), scores)
+
+
 @pytest.mark.parametrize("name, kernel", [("vgg_d", 7), ("vgg_a", 7), ("alexnet", 6)])
 def test_the_first_fc_becomes_a_kxk_conv_and_later_ones_1x1(name, kernel):
     dense = fc_to_conv(archdsl.load(name))

@@ -136,6 +136,19 @@ def test_a_conv_read_by_two_nodes_is_not_fused():
     assert structure(fused(g)) == structure(g)
 
 
+def test_a_conv_feeding_a_concat_and_another_consumer_is_not_fused_into():
+    # Written as a spec: the raw conv output is one column of the concat (identity) and the
+    # input of the other column's BN; fusing the BN would leave the concat without it. The
+    # next conv, read by its BN alone, is fused.
+    g = archdsl.loads("net c : 3x8x8 { conv3-8 act=none; concat { identity | bn; relu }; conv3-4; bn; relu }")
+    assert sorted(g.users("conv1")) == ["bn1", "concat1"]
+    f = fused(g)
+    assert f.nodes["conv1"]["op"] is Op.CONV and f.nodes["bn1"]["op"] is Op.BATCHNORM
+    assert f.nodes["concat1"]["args"] == ("conv1", "relu1")
+    assert f.nodes["conv2"]["op"] is Op.FUSED_CONV and f.nodes["conv2"]["attrs"]["bn"]
+    assert f.params == g.params
+
+
 def test_a_bn_read_by_two_nodes_keeps_its_relu_apart():
     g = hand_graph([
         ("c1", Op.CONV, ("x",), conv_attrs()),

@@ -95,6 +95,18 @@ def test_receptive_field_through_branches_is_the_widest():
     assert g.nodes["gap1"]["meta"]["rf"] > 32  # the gate sees the whole image
 
 
+def test_a_gate_widens_the_field_but_keeps_the_maps_stride():
+    # The multiply's output is the 16x16 map's grid (stride 2), not the gate's one position
+    # (stride 32): the layers after it grow the field by their kernel in steps of 2 pixels.
+    g = archdsl.loads("net r : 1x32x32 { conv3-2/2; multiply { identity | gap; conv1-2 act=none; sigmoid }; "
+                      "conv3-2; maxpool }")
+    gap, mul, conv = (g.nodes[n]["meta"] for n in ("gap1", "mul1", "conv3"))
+    assert (gap["rf"], gap["jump"]) == (3 + 15 * 2, 32)
+    assert (mul["rf"], mul["jump"]) == (gap["rf"], 2)
+    assert (conv["rf"], conv["jump"]) == (mul["rf"] + 2 * 2, 2)
+    assert g.nodes["pool1"]["meta"]["jump"] == 4
+
+
 @pytest.mark.parametrize("spec", [
     "net g : 3x12x12 { conv3-8; concat { conv1-4 | conv1-4; conv3-4 | maxpool3/1 pad=1 ceil=true; conv1-4 } }",
     "net g : 3x12x12 { conv3-8; multiply { identity | gap; conv1-2; conv1-8 act=none; hardsigmoid }; hardswish }",

@@ -87,7 +87,7 @@ def test_random_nets_lower_to_what_the_analysis_says(net):
 
 @examples(150)
 @given(at.nets(max_depth=3, max_layers=4, kinds=("conv", "bn", "relu", "maxpool", "avgpool"),
-               shortcuts=("A", "B", "C", "identity")))
+               shortcuts=("A", "B", "C", "P", "identity")))
 def test_residual_nets_and_their_shortcuts(net):
     graph = archdsl.loads(net.text)
     assert graph.output_shape == net.output_shape

@@ -36,6 +36,7 @@ PARAMS = {
     # torchvision's layouts (googlenet without its auxiliary classifiers, densenet121)
     "googlenet": 6_624_904,
     "densenet121": 7_978_856,
+    "squeezenet": 1_248_424,  # squeezenet1_0
 }
 
 # Multiply-adds as the papers quote them (ResNet Table 1; VGG-19 in the ResNet paper, and
@@ -96,6 +97,17 @@ def test_macs_match_the_papers(name):
 @pytest.mark.parametrize("name", sorted(FORMULA_MACS))
 def test_macs_by_the_reference_formula(name):
     assert round(archdsl.load(name).macs / 1e9, 2) == FORMULA_MACS[name] / 1e9
+
+
+def test_resnet50_v1_5_moves_the_stride_not_the_parameters():
+    # torchvision's ResNet-50 ("v1.5"): each stage's stride on its first 3x3 instead of its
+    # first 1x1. The weights are the same; the 3x3s of stages 3-5 run on the larger map, so
+    # the count of multiply-adds is torchvision's 4.09e9, not the paper's 3.86e9.
+    v1, v15 = archdsl.load("resnet50"), archdsl.load("resnet50", v1_5=1)
+    assert v15.params == v1.params == 25_557_032
+    assert v15.macs == 4_089_184_256
+    assert v1.macs < v15.macs
+    assert str(v15.output_shape) == "1000"
 
 
 def test_resnet_shortcut_options_change_only_the_projections():

@@ -28,6 +28,16 @@ def analyse(graph: ArchGraph) -> ArchGraph:
             continue
         inputs = [graph.nodes[a]["meta"] for a in args]
         rf = max(m["rf"] for m in inputs)
-        jump = max(m["jump"] for m in inputs)
+        jump = max(m["jump"] for m in _grid(row, inputs, meta["shape"]))
         meta["rf"], meta["jump"] = row.field(attrs, x, rf, jump)
     return graph
+
+
+def _grid(row, inputs: list[dict], out) -> list[dict]:
+    """The inputs whose grid a node's output keeps. A merge's output is laid out like its
+    inputs of the output's height and width: a squeeze-and-excitation gate (Cx1x1, broadcast
+    over the map) sees the whole image, which widens the field, but its one position does not
+    make the map's positions 16 or 32 pixels apart."""
+    if "merge" not in row.groups or not out.is_map:
+        return inputs
+    return [m for m in inputs if (m["shape"].h, m["shape"].w) == (out.h, out.w)] or inputs

@@ -1,5 +1,6 @@
 """Random DAG-shaped specs for property tests: branches merged by concat, add and multiply,
-named values used later, repeated groups and loop indices.
+named values used later, repeated groups and loop indices, and the ops of the nets built that
+way (ceil-mode and adaptive pooling, channel shuffle, the gates' activations).
 
 :func:`dag_specs` is a Hypothesis strategy of :class:`GeneratedDag` (the spec text and the
 output shape a small shape model predicts). Every spec it draws is valid by construction, so
@@ -47,6 +48,13 @@ class GeneratedDag:
 def _same(size: int, stride: int) -> int:
     """A "same"-padded window's output size at ``stride``: odd kernel K, pad K//2."""
     return (size - 1) // stride + 1
+
+
+def _ceil_mode(size: int, kernel: int, stride: int) -> int:
+    """An unpadded window's output size with ``ceil=true``, by PyTorch's documented rule: the
+    division rounded up, less one where the last window would start past the input."""
+    out = -(-(size - kernel) // stride) + 1
+    return out - 1 if (out - 1) * stride >= size else out
 
 
 class _Drawer:
@@ -113,7 +121,9 @@ class _Drawer:
     # -- statements ---------------------------------------------------------------------------
     def stmt(self, shape: Map, depth: int, keep_size: bool = False) -> tuple[str, Map]:
         """One statement from ``shape``; with ``keep_size``, one that keeps the map's height and width."""
-        kinds = ["conv", "pointwise", "group", "loop"]
+        kinds = ["conv", "pointwise", "group", "loop", "shuffle"]
+        if not keep_size and min(shape[1:]) >= 3:
+            kinds.append("pool")
         if depth > 0:
             kinds += ["concat", "concat", "add", "multiply", "name"]
         kind = self.draw(st.sampled_from(kinds))
@@ -127,6 +137,10 @@ class _Drawer:
             width, times = self.width(), self.draw(st.integers(0, 2))
             k = self.draw(st.sampled_from((1, 3)))
             return "{ " + f"conv{k}-{width}; bn" + " }" + f" x{times}", (width, *shape[1:]) if times else shape
+        if kind == "shuffle":
+            return self.shuffle(shape), shape
+        if kind == "pool":
+            return self.pool(shape)
         if kind == "loop":  # widths grow with the copy's number
             base, times = self.width(), self.draw(st.integers(1, 3))
             return f"conv1-{{{base}+i}} x{times} for i", (base + times - 1, shape[1], shape[2])
@@ -137,6 +151,26 @@ class _Drawer:
         if kind == "multiply":
             return self.multiply(shape)
         return self.named(shape, depth)
+
+    def shuffle(self, shape: Map) -> str:
+        """ShuffleNet's channel shuffle across a number of groups that divides the channels;
+        where only 1 does (1 or a prime number of channels), a pointwise op instead."""
+        groups = [g for g in range(2, shape[0] + 1) if shape[0] % g == 0 and g <= 4]
+        if not groups:
+            return self.pointwise(shape)
+        return f"shuffle groups={self.draw(st.sampled_from(groups))}"
+
+    def pool(self, shape: Map) -> tuple[str, Map]:
+        """Ceil-mode max or average pooling (GoogLeNet's, SqueezeNet's), or adaptive average
+        pooling to a fixed size (torchvision's VGG before its classifier)."""
+        c, h, w = shape
+        if self.draw(st.booleans()):
+            size = self.draw(st.integers(1, min(h, w, 3)))
+            return f"adaptive_avgpool size={size}", (c, size, size)
+        kind, kernel, stride = self.draw(st.sampled_from((("maxpool", 3, 2), ("avgpool", 2, 2), ("maxpool", 2, 2),
+                                                          ("avgpool", 3, 1))))
+        head = f"{kind}{kernel}" + (f"/{stride}" if stride != kernel else "")
+        return f"{head} ceil=true", (c, _ceil_mode(h, kernel, stride), _ceil_mode(w, kernel, stride))
 
     def concat(self, shape: Map, depth: int, keep_size: bool) -> tuple[str, Map]:
         stride = 2 if not keep_size and min(shape[1:]) >= 4 and self.draw(st.booleans()) else 1
@@ -218,7 +252,8 @@ def _dag(draw, max_statements: int, max_depth: int, max_width: int) -> Generated
 def dag_specs(max_statements: int = 6, max_depth: int = 2, max_width: int = 8) -> st.SearchStrategy[GeneratedDag]:
     """Random DAG specs: chains of convs, pooling and activations, with concat, add and
     multiply merges (nested up to ``max_depth``), named values merged back later, repeated
-    groups and loop indices; every spec is valid.
+    groups and loop indices, ceil-mode and adaptive pooling and channel shuffles; every spec
+    is valid.
 
     Args:
         max_statements: top-level statements (each may hold branches).

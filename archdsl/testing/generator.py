@@ -15,8 +15,9 @@ from archdsl.ir import ArchGraph, Shape
 
 #: The layer kinds the generator writes.
 KINDS = ("conv", "maxpool", "avgpool", "gap", "lrn", "bn", "relu", "dropout", "softmax", "fc")
-#: Residual shortcut options (``none``: no shortcut; ``identity``: only where shapes match).
-SHORTCUTS = ("A", "B", "C", "none", "identity")
+#: Residual shortcut options (``P``: a projection without BN; ``none``: no shortcut;
+#: ``identity``: only where shapes match).
+SHORTCUTS = ("A", "B", "C", "P", "none", "identity")
 
 _MAP_ONLY = {"conv", "maxpool", "avgpool", "gap", "lrn"}
 # How often each kind is drawn, relative to the others (convs most, as in the nets written).
