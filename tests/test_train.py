@@ -217,6 +217,21 @@ def test_recipes_are_the_papers():
     assert recipe("vgg", lr="0.05", flip="false").lr == 0.05
 
 
+def test_a_run_length_override_replaces_the_presets(tmp_path):
+    """resnet-cifar counts iterations (64k), vgg epochs (74): --epochs on the one and
+    --iterations on the other set the run's length instead of being outweighed."""
+    by_epochs = recipe("resnet-cifar", epochs="3")
+    assert (by_epochs.epochs, by_epochs.iterations) == (3, 0)
+    by_iterations = recipe("vgg", iterations="200")
+    assert (by_iterations.epochs, by_iterations.iterations) == (0, 200)
+    both = recipe("vgg", epochs=3, iterations=200)
+    assert (both.epochs, both.iterations) == (3, 200)  # iterations win, as Recipe says
+    info = train("cifar_resnet", tiny(n=64), tmp_path / "run", recipe=recipe("resnet-cifar", epochs=2, batch_size=16),
+                 params={"n": 1}, options=Options(progress=False))
+    assert (info["steps_per_epoch"], info["iterations"], info["completed_iterations"]) == (4, 8, 8)
+    assert [r["epoch"] for r in runs.read_metrics(tmp_path / "run")] == [1, 2]
+
+
 def test_cli_errors_exit_2(tmp_path):
     assert main(["train", "cifar_resnet", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     assert main(["train", "cifar_resnet", "--data", "digits", "--lr", "fast", "--out", str(tmp_path / "r")]) == 2
