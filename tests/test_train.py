@@ -232,6 +232,15 @@ def test_a_run_length_override_replaces_the_presets(tmp_path):
     assert [r["epoch"] for r in runs.read_metrics(tmp_path / "run")] == [1, 2]
 
 
+def test_progress_bars_for_training_and_testing(tmp_path, capsys):
+    train("cifar_resnet", tiny(), tmp_path / "on", recipe=short(iterations=3), params={"n": 1},
+          options=Options(eval_every=3))
+    err = capsys.readouterr().err
+    assert "train cifar_resnet" in err and "test cifar_resnet" in err
+    train("cifar_resnet", tiny(), tmp_path / "off", recipe=short(iterations=3), params={"n": 1}, options=QUIET)
+    assert capsys.readouterr().err == ""
+
+
 def test_cli_errors_exit_2(tmp_path):
     assert main(["train", "cifar_resnet", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     assert main(["train", "cifar_resnet", "--data", "digits", "--lr", "fast", "--out", str(tmp_path / "r")]) == 2
