@@ -153,3 +153,26 @@ def test_import_and_parser_load_neither_torch_nor_matplotlib():
                             env={**os.environ, "PYTHONPATH": str(Path(archdsl.__file__).resolve().parent.parent)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_sweep_jobs_name_absolute_paths(tmp_path, monkeypatch):
+    """A scheduler may start a job in another folder: the spec file, the data folder and the
+    run folder of each job line are absolute, and the job runs from anywhere."""
+    from test_train import write_cifar
+
+    monkeypatch.chdir(tmp_path)
+    write_cifar(tmp_path / "cifar", n=16, test=8)
+    (tmp_path / "mine.arch").write_text("net mine(n=1) : 3x32x32 { conv3-8/2 pad=1; gap; fc-10; softmax }")
+    assert main(["sweep", "mine.arch", "--set", "n=1", "--jobs", "jobs.jsonl", "--data", "cifar", "--iterations", "1",
+                 "--batch-size", "8", "--no-progress", "--out", "runs"]) == 0
+    (job,) = [json.loads(line) for line in (tmp_path / "jobs.jsonl").read_text().splitlines()]
+    argv = job["argv"]
+    assert argv[4] == str(tmp_path / "mine.arch") and job["run_dir"] == str(tmp_path / "runs" / "mine-n1")
+    assert argv[argv.index("--data") + 1] == str(tmp_path / "cifar")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root = str(Path(archdsl.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(argv, cwd=elsewhere, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "runs" / "mine-n1" / "run.json").read_text())["status"] == "done"

@@ -70,7 +70,8 @@ def _options(args):
 
 def _train_argv(args) -> list[str]:
     """The train arguments of a parsed sweep, as a command line for each variant's job."""
-    argv = ["--data", str(args.data), "--recipe", args.recipe]
+    data = Path(args.data)
+    argv = ["--data", str(data.resolve()) if data.exists() else str(args.data), "--recipe", args.recipe]
     for key, value in vars(args).items():
         if key.startswith("recipe_") and value is not None:
             argv += ["--" + key[len("recipe_"):].replace("_", "-"), str(value)]

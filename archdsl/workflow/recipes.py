@@ -46,7 +46,7 @@ class Recipe:
     patience: int = 2  # plateau: evaluations without improvement before the lr drops
     max_drops: int = 3  # plateau: the lr drops at most this many times
     epochs: int = 0  # the run's length: epochs, unless iterations is set
-    iterations: int = 0  # the run's length in iterations (wins over epochs when nonzero)
+    iterations: int = 0  # the run's length in iterations (wins over epochs when both are set)
     pad: int = 0  # in-memory images: zero pixels padded on each side before a random crop
     scale_min: int = 0  # image folders: the shorter side is resized to a random value in
     scale_max: int = 0  # [scale_min, scale_max] before a random crop (0: the net's input size)
@@ -65,6 +65,12 @@ class Recipe:
             if key not in known:
                 raise SpecError(f"recipe: no field {key!r} (fields: {', '.join(known)})")
             typed[key] = _typed(known[key], value) if isinstance(value, str) else value
+        # The run's length is one thing: a preset counted in iterations (resnet-cifar's 64k)
+        # given ``epochs=5`` trains 5 epochs, not the preset's iterations, and the other way round.
+        if "epochs" in typed and "iterations" not in typed:
+            typed["iterations"] = 0
+        elif "iterations" in typed and "epochs" not in typed:
+            typed["epochs"] = 0
         recipe = dataclasses.replace(self, **typed)
         recipe.check()
         return recipe

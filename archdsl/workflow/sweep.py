@@ -80,12 +80,14 @@ def train_commands(spec: str | Path, values_list: Sequence[dict[str, Value]], tr
     """One job per variant: the ``archdsl train`` command line that runs it, and its run folder.
 
     The commands call the same Python as this process (``python -m archdsl``), so a scheduler
-    on a machine with the same environment runs exactly what ``sweep --train`` would."""
+    on a machine with the same environment runs exactly what ``sweep --train`` would. Paths
+    (a spec file, the run folder) are absolute: a scheduler may start a job in another folder."""
     jobs = []
+    spec_arg = str(Path(spec).resolve()) if Path(spec).is_file() else str(spec)  # else a bundled name
     for values in values_list:
         name = variant_name(spec, values)
-        run_dir = str(Path(out) / name)
-        argv = [sys.executable, "-m", "archdsl", "train", str(spec), *train_args, "--out", run_dir]
+        run_dir = str((Path(out) / name).resolve())
+        argv = [sys.executable, "-m", "archdsl", "train", spec_arg, *train_args, "--out", run_dir]
         for k, v in values.items():
             argv += ["--set", f"{k}={cli_text(v)}"]
         jobs.append({"name": name, "params": values, "run_dir": run_dir, "argv": argv,

@@ -286,8 +286,13 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
         mine = torch.arange(world.rank, len(test), world.size)
         step = options.eval_batch or 2 * local_batch
         loss = top1 = top5 = 0.0
+        starts = range(0, len(mine), step)
+        if bar is not None:  # a test set of 50,000 images is a long loop of its own
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc=f"test {graph.name}", unit="batch", leave=False, dynamic_ncols=True)
         with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
-            for start in range(0, len(mine), step):
+            for start in starts:
                 x, y = inputs(*data_mod.batch(test, mine[start:start + step], recipe, size, None))
                 scores = _vector(scorer(x)).float()
                 loss += F.cross_entropy(scores, y, reduction="sum").item()
