@@ -47,6 +47,9 @@ SMOKE = [
 def test_gpu_check_runs_every_benchmark_end_to_end_in_smoke_mode(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["OUT"] = str(tmp_path)
+    # This interpreter, not whichever `python` is first on PATH (a venv run without activating
+    # it): else the script finds no archdsl there and tries to install this checkout into it.
+    env["PYTHON"] = sys.executable
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke"], capture_output=True,
                           text=True, env=env, cwd=tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

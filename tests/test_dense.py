@@ -330,6 +330,8 @@ def nets(draw, valid_only: bool = False):
     return text, channels, size, unpadded, head
 
 
+# deadline=None and too_slow suppressed: both time the wall clock (too_slow the drawing of a net,
+# which builds it), which a busy machine stretches; the nets drawn are small instead.
 _SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

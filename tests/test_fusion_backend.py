@@ -127,6 +127,9 @@ def same_training_step(ref, tri, x, softmax=True, seed=1, kernels=None, every_gr
 # --------------------------------------------------------------------------------------------
 
 
+# deadline=None and too_slow suppressed: both time the wall clock, which a busy machine stretches.
+# function_scoped_fixture suppressed: no_kernel only patches module attributes, the same for every
+# example, so that it is not reset between examples changes nothing.
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(random_graphs(), st.integers(0, 2**16))
@@ -143,6 +146,8 @@ def test_random_graphs_keep_their_function(no_kernel, g, seed):
         torch.testing.assert_close(tri(x), ref(x), rtol=1e-4, atol=1e-4)
     same_training_step(ref, tri, x, softmax=False)
 
+
+# The same settings, for the same reasons as above.
 @settings(max_examples=20, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(at.graphs(**SPEC_NETS), st.integers(0, 2**16))

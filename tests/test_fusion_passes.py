@@ -457,6 +457,8 @@ def check_fusion_rules(g: ArchGraph, f: ArchGraph) -> None:
             assert f.nodes[n]["op"] is d["op"] and n in f
 
 
+# deadline=None and too_slow suppressed: both time the wall clock (too_slow times the drawing of
+# examples), which a busy machine stretches; the work per example is bounded by its size instead.
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_graphs())
 def test_random_graphs_fusion_rules_and_idempotence(g):
@@ -479,6 +481,7 @@ def test_random_graphs_fusion_rules_and_idempotence(g):
 SPEC_NETS = dict(max_width=8, max_size=12, max_layers=5)
 
 
+# too_slow suppressed, as above: it times the drawing of a net on the wall clock.
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(at.graphs(**SPEC_NETS))
 def test_random_specs_fusion_rules_and_lowering(g):

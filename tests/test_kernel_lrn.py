@@ -175,7 +175,10 @@ def test_empty_input():
         assert x.grad.shape == x.shape
 
 
-@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+# deadline=None and too_slow suppressed: both time the wall clock, which Triton's CPU interpreter on
+# a busy machine stretches; the shapes drawn are small instead. No other health check applies to
+# these plain draws (no filters, no fixtures, small data).
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     batch=st.integers(1, 2),
     channels=st.integers(1, 40),
