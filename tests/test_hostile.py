@@ -587,6 +587,47 @@ def test_a_device_is_never_an_output(device):
     assert stat.S_ISCHR(os.lstat(device).st_mode)
 
 
+def _not_a_regular_file(tmp_path, kind: str) -> Path:
+    """A path in ``tmp_path`` that is a FIFO, a symbolic link, a folder, or (as root) a
+    character device made with mknod: a copy of /dev/null, so that a broken check replaces
+    only the copy."""
+    target = tmp_path / "out.txt"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "symlink":
+        (tmp_path / "real.txt").write_text("# the real file\n")
+        target.symlink_to(tmp_path / "real.txt")
+    elif kind == "directory":
+        target.mkdir()
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("making a character device needs root")
+        os.mknod(target, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    return target
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory", "device"])
+def test_sweep_jobs_and_run_files_only_replace_a_regular_file(tmp_path, kind):
+    """``sweep --jobs FILE`` and every file of a run folder go through write_atomic_bytes,
+    which once renamed its temporary file over whatever was there (``--jobs /dev/null``)."""
+    from archdsl.workflow.runs import write_atomic_bytes
+
+    target = _not_a_regular_file(tmp_path, kind)
+    before = os.lstat(target)
+    with pytest.raises(UsageError, match="refusing to write"):
+        write_atomic_bytes(target, lambda f: f.write(b"x"))
+    code, _, err = run_cli("sweep", "cifar_resnet", "--set", "n=1", "--data", "digits", "--jobs", target)
+    assert code == 2 and "refusing to write" in err and "Traceback" not in err
+    after = os.lstat(target)
+    assert stat.S_IFMT(after.st_mode) == stat.S_IFMT(before.st_mode) and after.st_ino == before.st_ino
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    if kind == "symlink":
+        assert (tmp_path / "real.txt").read_text() == "# the real file\n"
+    jobs = tmp_path / "jobs.jsonl"
+    assert run_cli("sweep", "cifar_resnet", "--set", "n=1", "--data", "digits", "--jobs", jobs)[0] == 0
+    assert json.loads(jobs.read_text().splitlines()[0])["params"] == {"n": 1}
+
+
 def test_a_directory_at_the_output_gets_the_net_file(tmp_path):
     assert run_cli("build", "vgg_a", "-o", tmp_path)[0] == 0
     assert (tmp_path / "vgg_a.py").is_file()
