@@ -26,6 +26,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -377,6 +378,49 @@ def test_limits_are_configurable_and_checked():
         code, _, err = run_cli("check", "cifar_resnet", "--limit", bad)
         assert code == 2 and err.startswith("error: --limit") and "Traceback" not in err
     assert run_cli("check", "cifar_resnet", "--limit", "max_nodes=1000000")[0] == 0
+
+
+# -- numbers that reach a layer ------------------------------------------------------------------
+@pytest.mark.parametrize("layer, says", [
+    ("lrn alpha=1e308 size=2", "at most"),  # once emitted as alpha=inf: a NameError on import
+    ("lrn alpha={1e999/1}", "too large"),
+    ("lrn k={(1e999-1e999)/1}", "not a number"),
+    ("lrn beta=200", "zeros whatever its input"),  # 2 ** 200 overflows float32: the module output zeros
+    ("lrn k=1e6 beta=10", "zeros whatever its input"),
+    ("lrn k=0", "NaN"),  # 0 / 0 over a window of zeros, as after a ReLU
+    ("bn eps=0", "at least 2**-126"),
+    ("bn eps=1e-320", "at least 2**-126"),  # 0 in float32
+    ("bn eps=1e300", "at most"),
+    ("dropout p=1", "below 1"),
+    ("dropout p={(1e999-1e999)/1}", "not a number"),
+])
+def test_non_finite_or_absurd_norm_and_dropout_values_are_spec_errors(tmp_path, layer, says):
+    text = f"net a : 3x8x8 {{\n  conv3-4\n  {layer}\n  gap; fc-3\n}}\n"
+    err = spec_error(text)
+    assert says in err.message and err.line == 3, err
+    spec = tmp_path / "a.arch"
+    spec.write_text(text)
+    code, _, err_text = run_cli("build", spec, "-o", tmp_path / "a.py")
+    assert code == 2 and f"{spec}:3:" in err_text and "Traceback" not in err_text
+    assert not (tmp_path / "a.py").exists()
+
+
+@pytest.mark.parametrize("layer", ["lrn k=1e-30", "lrn k=0 beta=0", "lrn alpha=1e6 size=1000 mode=avg",
+                                   "lrn k=10 beta=8", "bn eps=1e-30", "bn eps=1e6", "dropout p=0.9999999"])
+def test_extreme_values_within_the_bounds_give_finite_outputs(layer):
+    """Just inside the bounds, the module computes finite numbers that depend on the input,
+    and the emitted source agrees with it."""
+    graph = archdsl.loads(f"net a : 3x8x8 {{ conv3-4; {layer}; gap; fc-3 }}")
+    at.check_lowering(graph)
+    model = archdsl.compile(graph).eval()
+    outputs = []
+    for module in model.modules():
+        if isinstance(module, (torch.nn.LocalResponseNorm, torch.nn.BatchNorm2d, torch.nn.Dropout)):
+            module.register_forward_hook(lambda m, args, out: outputs.append(out))
+    with torch.no_grad():
+        y = model(torch.randn(4, 3, 8, 8))
+    assert len(outputs) == 1 and torch.isfinite(y).all() and torch.isfinite(outputs[0]).all()
+    assert outputs[0].abs().max() > 0  # not all zeros: the layer passes something on
 
 
 # -- imports ---------------------------------------------------------------------------------------
