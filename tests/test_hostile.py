@@ -703,6 +703,80 @@ def test_emitted_source_over_max_output_bytes_is_refused(tmp_path):
     assert work.emitted_bytes == len(out.read_text()) <= DEFAULT.max_output_bytes
 
 
+# -- images for eval -------------------------------------------------------------------------------
+POOLED = "net pooled(classes=2) : 3x32x32 { conv3-4 act=none; gap; fc-{classes}; softmax }\n"
+
+
+def eval_folder(tmp_path, name: str, content: bytes) -> list:
+    """``archdsl eval`` arguments over a folder of two plain images and ``content`` as ``name``."""
+    from PIL import Image
+
+    for cls, colour in (("blue", (20, 40, 230)), ("red", (230, 30, 20))):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        Image.new("RGB", (40, 36), colour).save(tmp_path / "data" / cls / "0.png")
+    (tmp_path / "data" / "red" / name).write_bytes(content)
+    (tmp_path / "pooled.arch").write_text(POOLED)
+    torch.save(archdsl.compile(archdsl.loads(POOLED)).state_dict(), tmp_path / "w.pt")
+    return ["eval", tmp_path / "pooled.arch", "--weights", tmp_path / "w.pt", "--data", tmp_path / "data"]
+
+
+@pytest.mark.parametrize("name", list(at.BOMBS))
+def test_decompression_bombs_are_refused_from_the_header(tmp_path, name):
+    from archdsl import evaluation as ev
+
+    content = at.BOMBS[name]()
+    assert len(content) < 200
+    bomb = tmp_path / ("bomb." + name.split()[0])
+    bomb.write_bytes(content)
+    with pytest.raises(ev.EvalError, match="cannot read image") as info:
+        ev.load_image(bomb)
+    assert re.search(r"pixels|decompression", str(info.value), re.I)
+    code, _, err = run_cli(*eval_folder(tmp_path, bomb.name, content), "--scales", "32")
+    assert code == 2 and "cannot read image" in err and "Traceback" not in err and "internal" not in err
+
+
+def test_a_strip_image_is_refused_before_it_is_rescaled(tmp_path):
+    """1 x 20,000 pixels is a 300-byte PNG under the decompression-bomb limit; at scale 1024
+    it would be 1024 x 20,480,000 pixels (240 GB as floats), once an internal error after an
+    attempt to allocate them."""
+    from archdsl import evaluation as ev
+
+    strip = at.small_images()["strip png"]
+    (tmp_path / "strip.png").write_bytes(strip)
+    img = ev.load_image(tmp_path / "strip.png")
+    assert img.size == (1, 20000)
+    with pytest.raises(ev.EvalError, match="1x20000 pixels .* would be 1024x20480000"):
+        ev.check_rescaled(img, 1024, tmp_path / "strip.png")
+    with pytest.raises(ev.EvalError, match="over the limit"):
+        ev.rescale(img, 1024)
+    ev.check_rescaled(img, 4)  # 4 x 80,000 is fine
+    code, _, err = run_cli(*eval_folder(tmp_path, "strip.png", strip), "--scales", "32,1024")
+    assert code == 2 and "cannot rescale image" in err and "strip.png" in err and "Traceback" not in err
+
+
+@examples(300)
+@given(at.hostile_images())
+def test_mutated_images_decode_or_fail_with_eval_error(tmp_path_factory, content):
+    """Every decoding failure of a mutated PNG/BMP/GIF/TIFF/JPEG is an EvalError (exit 2 in
+    the command), and what decodes is an RGB image within the pixel limit."""
+    from archdsl import evaluation as ev
+
+    path = tmp_path_factory.mktemp("img") / "x.img"
+    path.write_bytes(content)
+    try:
+        img = ev.load_image(path)
+    except ev.EvalError as err:
+        assert str(err).startswith(f"cannot read image {path}")
+        return
+    assert img.mode == "RGB" and img.size[0] * img.size[1] <= ev.MAX_PIXELS
+    try:
+        x = ev.to_tensor(ev.rescale(img, 32))
+    except ev.EvalError as err:
+        assert "cannot rescale" in str(err)
+    else:
+        assert x.shape[0] == 3 and min(x.shape[1:]) == 32
+
+
 # -- spec text reaching a terminal ------------------------------------------------------------------
 ESCAPES = "\x1b]0;owned\x07\x1b[2J\x1b[31m\u202e"
 CONTROL = {"\x1b", "\x07", "\u202e"}  # what a terminal acts on
