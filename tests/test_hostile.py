@@ -380,6 +380,49 @@ def test_limits_are_configurable_and_checked():
     assert run_cli("check", "cifar_resnet", "--limit", "max_nodes=1000000")[0] == 0
 
 
+# -- names that reach emitted code -----------------------------------------------------------------
+RESERVED_LABELS = ["to", "forward", "eval", "train", "float", "cuda", "state_dict", "training", "type", "apply",
+                   "paths", "backend", "block", "_modules", "_parameters", "_x", "T_destination", "None", "class",
+                   "lambda", "self", "x", "F", "torch", "nn", "to_", "forward__", "_"]
+
+
+@pytest.mark.parametrize("how", ["layer", "call"])
+def test_labels_never_replace_a_module_attribute_or_break_the_source(how):
+    """A label is the attribute of its layer or block call (``stem = conv7-64/2``): named like a
+    method of nn.Module (``to``, ``forward``), an attribute of the module (``training``,
+    ``paths``) or a keyword (``class``), it once ended in KeyError (exit 3) or a SyntaxError in
+    the emitted source. ``to`` and ``to_`` stay two attributes."""
+    for label in RESERVED_LABELS:
+        if how == "layer":
+            text = f"net a : 3x8x8 {{ {label} = conv3-4; to_ = conv3-4; gap; fc-3 }}"
+        else:
+            text = f"block b() {{ conv3-4 }}\nnet a : 3x8x8 {{ {label} = b(); to_ = b(); gap; fc-3 }}"
+        try:
+            graph = archdsl.loads(text)
+        except SpecError as err:  # a keyword may be refused as a name; then clearly
+            assert_located(err, text)
+            continue
+        at.check_lowering(graph)  # the emitted source too, against the in-process module
+        model = archdsl.compile(graph)
+        model.train().eval().float()
+        assert len(model.state_dict()) == 6, (label, list(model.state_dict()))
+        assert tuple(model(torch.zeros(1, 3, 8, 8)).shape) == (1, 3)
+        assert isinstance(model.training, bool) and callable(model.to) and callable(model.forward)
+
+
+def test_reserved_attributes_cover_what_torch_defines():
+    """The front end keeps its list of nn.Module's attributes without importing torch: every
+    public name the installed torch defines on a module is on it."""
+    from archdsl.frontend.expand import _MODULE_ATTRIBUTES
+
+    defined = set(dir(torch.nn.Module)) | set(dir(torch.nn.Module()))
+    public = {n for n in defined if not n.startswith("_")}
+    assert public <= _MODULE_ATTRIBUTES, sorted(public - _MODULE_ATTRIBUTES)
+    model = archdsl.compile(archdsl.loads("net a : 3x8x8 { conv3-4 }"))
+    own = {n for n in vars(model) if not n.startswith("_")}
+    assert own <= _MODULE_ATTRIBUTES, sorted(own - _MODULE_ATTRIBUTES)
+
+
 # -- numbers that reach a layer ------------------------------------------------------------------
 @pytest.mark.parametrize("layer, says", [
     ("lrn alpha=1e308 size=2", "at most"),  # once emitted as alpha=inf: a NameError on import
