@@ -866,6 +866,25 @@ def test_a_file_that_is_not_a_spec_is_not_quoted(folder):
     assert code == 2 and "conv3-4 )" in err_text and "^" in err_text
 
 
+@pytest.mark.parametrize("content", [
+    "# sshd_config\n\nPermitRootLogin s3cr3t-value\n",  # comments first, as a config file
+    "#!/bin/sh\nexport TOKEN=s3cr3t\n",  # a script
+    "import os\nTOKEN = 's3cr3t'\n",  # Python: 'import' without a quoted file
+    "network s3cr3t\n",  # a word that begins like 'net'
+])
+def test_a_file_that_begins_with_comments_but_is_not_a_spec_is_not_quoted(folder, content):
+    (folder / "conf").write_text(content)
+    (folder / "conf.arch").symlink_to(folder / "conf")
+    code, out, err = run_cli("check", folder / "conf.arch")
+    assert code == 2 and "does not look like an archdsl spec" in err and "s3cr3t" not in out + err
+    err = import_error(folder, 'import "conf.arch"\n' + NET)
+    assert "s3cr3t" not in str(err)
+    # a spec whose statements follow comments and blank lines is read, and quoted where wrong
+    (folder / "typo.arch").write_text("\ufeff# a note\n\n  net a : 3x8x8 { conv3-4 ) }\n")
+    code, _, err_text = run_cli("check", folder / "typo.arch")
+    assert code == 2 and "typo.arch:3:" in err_text and "conv3-4 )" in err_text
+
+
 def test_an_unusable_spec_path_is_a_spec_error():
     for path in ("a" * 5000 + ".arch", "a\x00b.arch"):
         with pytest.raises(SpecError):
