@@ -703,8 +703,9 @@ def test_sweep_jobs_and_run_files_only_replace_a_regular_file(tmp_path, kind):
     before = os.lstat(target)
     with pytest.raises(UsageError, match="refusing to write"):
         write_atomic_bytes(target, lambda f: f.write(b"x"))
-    code, _, err = run_cli("sweep", "cifar_resnet", "--set", "n=1", "--data", "digits", "--jobs", target)
+    code, out, err = run_cli("sweep", "cifar_resnet", "--set", "n=1", "--data", "digits", "--jobs", target)
     assert code == 2 and "refusing to write" in err and "Traceback" not in err
+    assert out == ""  # refused before the table was printed
     after = os.lstat(target)
     assert stat.S_IFMT(after.st_mode) == stat.S_IFMT(before.st_mode) and after.st_ino == before.st_ino
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
