@@ -111,6 +111,22 @@ def test_loads_raises_only_spec_error(text):
     assert_bounded(work, FUZZ)
 
 
+@examples(300)
+@given(at.hostile_text())
+def test_whatever_loads_lowers_to_source_that_imports_and_agrees(text):
+    """Hostile text that loads (names that once shadowed an import or a method, labels, odd
+    values) lowers to a module and to emitted source that imports, runs, has the module's
+    state_dict keys and computes its output (check_lowering). Small graphs only, to stay fast."""
+    try:
+        graph = archdsl.loads(text, base_dir=SPECS_DIR, limits=FUZZ)
+    except SpecError:
+        return
+    shape = graph.input_shape
+    if len(graph) > 40 or graph.params > 10**6 or shape.c * shape.h * shape.w > 3 * 64 * 64:
+        return
+    at.check_lowering(graph)
+
+
 @examples(60)
 @given(at.limit_probes())
 def test_texts_growing_past_the_limits_are_refused_after_bounded_work(text):

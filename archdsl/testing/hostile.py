@@ -44,6 +44,8 @@ TOKENS = (
     "\ufeff",
     # names the emitted module once shadowed or mangled: torch.nn.functional as F, kernels, __b
     "f", "F", "net F : 3x8x8", "fused_conv2d", "local_response_norm", "__b", "block __b() { conv3-4 }", "__b()",
+    # labels named like a method of nn.Module, an attribute of the module, or a keyword
+    "to = conv3-4", "forward =", "training =", "paths =", "class =", "_modules =", "to_ =",
     # layer values whose float32 arithmetic is 0, inf or NaN
     "lrn k=0", "lrn beta=200", "k=1e6 beta=10", "bn eps=0", "eps=1e-320", "dropout p=1", "p={(1e999-1e999)/1}",
 )
