@@ -868,6 +868,30 @@ def test_imports_and_specs_read_only_regular_files(folder, target):
     assert code == 2 and refused.search(err_text), err_text
 
 
+def test_a_link_to_proc_kmsg_is_refused_unopened(folder, monkeypatch):
+    """/proc/kmsg is a regular file to stat, and reading it as root blocks until the kernel
+    logs something (forever, once). It is refused by its place, before any open: os.open is
+    made to fail on /proc here, so a regression fails the test instead of hanging it."""
+    import archdsl.frontend.loader as loader
+
+    if not os.path.exists("/proc/kmsg"):
+        pytest.skip("/proc/kmsg does not exist here")
+    (folder / "kmsg.arch").symlink_to("/proc/kmsg")
+
+    real_open = os.open
+
+    def no_open(path, *args, **kwargs):
+        if str(path).startswith("/proc"):
+            raise AssertionError(f"opened {path}")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(loader.os, "open", no_open)
+    err = import_error(folder, 'import "kmsg.arch"\n' + NET)
+    assert "system file" in err.message and "/proc/kmsg" in err.message
+    code, _, err_text = run_cli("check", folder / "kmsg.arch")
+    assert code == 2 and "system file" in err_text and "Traceback" not in err_text
+
+
 def test_a_file_that_is_not_a_spec_is_not_quoted(folder):
     secret = "root:$6$s3cr3t-hash:19000:0:99999:7:::"
     (folder / "shadow").write_text(secret + "\nbin:*:19000:0:99999:7:::\n")
