@@ -119,14 +119,27 @@ def load_image(path: str | Path):
         raise EvalError(f"cannot read image {path}: {type(err).__name__}: {str(err)[:200]}") from None
 
 
+def rescaled_size(w: int, h: int, q: int) -> tuple[int, int]:
+    """(width, height) of a ``w`` x ``h`` image rescaled so that its smallest side is ``q``."""
+    return (q, max(1, round(h * q / w))) if w <= h else (max(1, round(w * q / h)), q)
+
+
+def check_rescaled(img, q: int, path: str | Path | None = None) -> None:
+    """Refuse an image that rescaling to ``q`` would make larger than :data:`MAX_PIXELS`: a
+    strip of 1 x 100,000 pixels (a few hundred bytes of PNG, under the decompression-bomb
+    limit) becomes 256 x 25,600,000 at ``q=256``, 20 GB of floats."""
+    w, h = rescaled_size(*img.size, q)
+    if w * h > MAX_PIXELS:
+        name = f"image {path}" if path is not None else "an image"
+        raise EvalError(f"cannot rescale {name}: {img.size[0]}x{img.size[1]} pixels with its smallest side at {q} "
+                        f"would be {w}x{h}, over the limit of {MAX_PIXELS:,} pixels")
+
+
 def rescale(img, q: int):
     """Isotropic rescaling: the smallest side becomes ``q`` (bilinear)."""
-    w, h = img.size
-    if w <= h:
-        size = (q, max(1, round(h * q / w)))
-    else:
-        size = (max(1, round(w * q / h)), q)
-    return img if size == (w, h) else img.resize(size, _pil().Resampling.BILINEAR)
+    check_rescaled(img, q)
+    size = rescaled_size(*img.size, q)
+    return img if size == img.size else img.resize(size, _pil().Resampling.BILINEAR)
 
 
 def to_tensor(img, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = (1.0, 1.0, 1.0)) -> torch.Tensor:
@@ -423,6 +436,7 @@ def evaluate(graph: ArchGraph, state_dict: Mapping[str, torch.Tensor], data: str
     results = {name: Result(name, 0, 0, 0, evaluator.classes) for name in names}
     for path, label in _progress(samples, progress):
         img = load_image(path)
+        check_rescaled(img, max(scales), path)  # before any scale is computed
         posteriors = {}
         if dense:
             posteriors["dense"] = evaluator.dense(img, scales)

@@ -26,6 +26,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -108,6 +109,22 @@ def test_loads_raises_only_spec_error(text):
         except SpecError as err:
             assert_located(err, text)
     assert_bounded(work, FUZZ)
+
+
+@examples(300)
+@given(at.hostile_text())
+def test_whatever_loads_lowers_to_source_that_imports_and_agrees(text):
+    """Hostile text that loads (names that once shadowed an import or a method, labels, odd
+    values) lowers to a module and to emitted source that imports, runs, has the module's
+    state_dict keys and computes its output (check_lowering). Small graphs only, to stay fast."""
+    try:
+        graph = archdsl.loads(text, base_dir=SPECS_DIR, limits=FUZZ)
+    except SpecError:
+        return
+    shape = graph.input_shape
+    if len(graph) > 40 or graph.params > 10**6 or shape.c * shape.h * shape.w > 3 * 64 * 64:
+        return
+    at.check_lowering(graph)
 
 
 @examples(60)
@@ -379,6 +396,92 @@ def test_limits_are_configurable_and_checked():
     assert run_cli("check", "cifar_resnet", "--limit", "max_nodes=1000000")[0] == 0
 
 
+# -- names that reach emitted code -----------------------------------------------------------------
+RESERVED_LABELS = ["to", "forward", "eval", "train", "float", "cuda", "state_dict", "training", "type", "apply",
+                   "paths", "backend", "block", "_modules", "_parameters", "_x", "T_destination", "None", "class",
+                   "lambda", "self", "x", "F", "torch", "nn", "to_", "forward__", "_"]
+
+
+@pytest.mark.parametrize("how", ["layer", "call"])
+def test_labels_never_replace_a_module_attribute_or_break_the_source(how):
+    """A label is the attribute of its layer or block call (``stem = conv7-64/2``): named like a
+    method of nn.Module (``to``, ``forward``), an attribute of the module (``training``,
+    ``paths``) or a keyword (``class``), it once ended in KeyError (exit 3) or a SyntaxError in
+    the emitted source. ``to`` and ``to_`` stay two attributes."""
+    for label in RESERVED_LABELS:
+        if how == "layer":
+            text = f"net a : 3x8x8 {{ {label} = conv3-4; to_ = conv3-4; gap; fc-3 }}"
+        else:
+            text = f"block b() {{ conv3-4 }}\nnet a : 3x8x8 {{ {label} = b(); to_ = b(); gap; fc-3 }}"
+        try:
+            graph = archdsl.loads(text)
+        except SpecError as err:  # a keyword may be refused as a name; then clearly
+            assert_located(err, text)
+            continue
+        at.check_lowering(graph)  # the emitted source too, against the in-process module
+        model = archdsl.compile(graph)
+        model.train().eval().float()
+        assert len(model.state_dict()) == 6, (label, list(model.state_dict()))
+        assert tuple(model(torch.zeros(1, 3, 8, 8)).shape) == (1, 3)
+        assert isinstance(model.training, bool) and callable(model.to) and callable(model.forward)
+
+
+def test_reserved_attributes_cover_what_torch_defines():
+    """The front end keeps its list of nn.Module's attributes without importing torch: every
+    public name the installed torch defines on a module is on it."""
+    from archdsl.frontend.expand import _MODULE_ATTRIBUTES
+
+    defined = set(dir(torch.nn.Module)) | set(dir(torch.nn.Module()))
+    public = {n for n in defined if not n.startswith("_")}
+    assert public <= _MODULE_ATTRIBUTES, sorted(public - _MODULE_ATTRIBUTES)
+    model = archdsl.compile(archdsl.loads("net a : 3x8x8 { conv3-4 }"))
+    own = {n for n in vars(model) if not n.startswith("_")}
+    assert own <= _MODULE_ATTRIBUTES, sorted(own - _MODULE_ATTRIBUTES)
+
+
+# -- numbers that reach a layer ------------------------------------------------------------------
+@pytest.mark.parametrize("layer, says", [
+    ("lrn alpha=1e308 size=2", "at most"),  # once emitted as alpha=inf: a NameError on import
+    ("lrn alpha={1e999/1}", "too large"),
+    ("lrn k={(1e999-1e999)/1}", "not a number"),
+    ("lrn beta=200", "zeros whatever its input"),  # 2 ** 200 overflows float32: the module output zeros
+    ("lrn k=1e6 beta=10", "zeros whatever its input"),
+    ("lrn k=0", "NaN"),  # 0 / 0 over a window of zeros, as after a ReLU
+    ("bn eps=0", "at least 2**-126"),
+    ("bn eps=1e-320", "at least 2**-126"),  # 0 in float32
+    ("bn eps=1e300", "at most"),
+    ("dropout p=1", "below 1"),
+    ("dropout p={(1e999-1e999)/1}", "not a number"),
+])
+def test_non_finite_or_absurd_norm_and_dropout_values_are_spec_errors(tmp_path, layer, says):
+    text = f"net a : 3x8x8 {{\n  conv3-4\n  {layer}\n  gap; fc-3\n}}\n"
+    err = spec_error(text)
+    assert says in err.message and err.line == 3, err
+    spec = tmp_path / "a.arch"
+    spec.write_text(text)
+    code, _, err_text = run_cli("build", spec, "-o", tmp_path / "a.py")
+    assert code == 2 and f"{spec}:3:" in err_text and "Traceback" not in err_text
+    assert not (tmp_path / "a.py").exists()
+
+
+@pytest.mark.parametrize("layer", ["lrn k=1e-30", "lrn k=0 beta=0", "lrn alpha=1e6 size=1000 mode=avg",
+                                   "lrn k=10 beta=8", "bn eps=1e-30", "bn eps=1e6", "dropout p=0.9999999"])
+def test_extreme_values_within_the_bounds_give_finite_outputs(layer):
+    """Just inside the bounds, the module computes finite numbers that depend on the input,
+    and the emitted source agrees with it."""
+    graph = archdsl.loads(f"net a : 3x8x8 {{ conv3-4; {layer}; gap; fc-3 }}")
+    at.check_lowering(graph)
+    model = archdsl.compile(graph).eval()
+    outputs = []
+    for module in model.modules():
+        if isinstance(module, (torch.nn.LocalResponseNorm, torch.nn.BatchNorm2d, torch.nn.Dropout)):
+            module.register_forward_hook(lambda m, args, out: outputs.append(out))
+    with torch.no_grad():
+        y = model(torch.randn(4, 3, 8, 8))
+    assert len(outputs) == 1 and torch.isfinite(y).all() and torch.isfinite(outputs[0]).all()
+    assert outputs[0].abs().max() > 0  # not all zeros: the layer passes something on
+
+
 # -- imports ---------------------------------------------------------------------------------------
 @pytest.fixture
 def folder(tmp_path, monkeypatch):
@@ -587,6 +690,48 @@ def test_a_device_is_never_an_output(device):
     assert stat.S_ISCHR(os.lstat(device).st_mode)
 
 
+def _not_a_regular_file(tmp_path, kind: str) -> Path:
+    """A path in ``tmp_path`` that is a FIFO, a symbolic link, a folder, or (as root) a
+    character device made with mknod: a copy of /dev/null, so that a broken check replaces
+    only the copy."""
+    target = tmp_path / "out.txt"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "symlink":
+        (tmp_path / "real.txt").write_text("# the real file\n")
+        target.symlink_to(tmp_path / "real.txt")
+    elif kind == "directory":
+        target.mkdir()
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("making a character device needs root")
+        os.mknod(target, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    return target
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory", "device"])
+def test_sweep_jobs_and_run_files_only_replace_a_regular_file(tmp_path, kind):
+    """``sweep --jobs FILE`` and every file of a run folder go through write_atomic_bytes,
+    which once renamed its temporary file over whatever was there (``--jobs /dev/null``)."""
+    from archdsl.workflow.runs import write_atomic_bytes
+
+    target = _not_a_regular_file(tmp_path, kind)
+    before = os.lstat(target)
+    with pytest.raises(UsageError, match="refusing to write"):
+        write_atomic_bytes(target, lambda f: f.write(b"x"))
+    code, out, err = run_cli("sweep", "cifar_resnet", "--set", "n=1", "--data", "digits", "--jobs", target)
+    assert code == 2 and "refusing to write" in err and "Traceback" not in err
+    assert out == ""  # refused before the table was printed
+    after = os.lstat(target)
+    assert stat.S_IFMT(after.st_mode) == stat.S_IFMT(before.st_mode) and after.st_ino == before.st_ino
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    if kind == "symlink":
+        assert (tmp_path / "real.txt").read_text() == "# the real file\n"
+    jobs = tmp_path / "jobs.jsonl"
+    assert run_cli("sweep", "cifar_resnet", "--set", "n=1", "--data", "digits", "--jobs", jobs)[0] == 0
+    assert json.loads(jobs.read_text().splitlines()[0])["params"] == {"n": 1}
+
+
 def test_a_directory_at_the_output_gets_the_net_file(tmp_path):
     assert run_cli("build", "vgg_a", "-o", tmp_path)[0] == 0
     assert (tmp_path / "vgg_a.py").is_file()
@@ -616,6 +761,80 @@ def test_emitted_source_over_max_output_bytes_is_refused(tmp_path):
     with counting() as work:
         assert run_cli("build", "resnet50", "-o", out)[0] == 0
     assert work.emitted_bytes == len(out.read_text()) <= DEFAULT.max_output_bytes
+
+
+# -- images for eval -------------------------------------------------------------------------------
+POOLED = "net pooled(classes=2) : 3x32x32 { conv3-4 act=none; gap; fc-{classes}; softmax }\n"
+
+
+def eval_folder(tmp_path, name: str, content: bytes) -> list:
+    """``archdsl eval`` arguments over a folder of two plain images and ``content`` as ``name``."""
+    from PIL import Image
+
+    for cls, colour in (("blue", (20, 40, 230)), ("red", (230, 30, 20))):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        Image.new("RGB", (40, 36), colour).save(tmp_path / "data" / cls / "0.png")
+    (tmp_path / "data" / "red" / name).write_bytes(content)
+    (tmp_path / "pooled.arch").write_text(POOLED)
+    torch.save(archdsl.compile(archdsl.loads(POOLED)).state_dict(), tmp_path / "w.pt")
+    return ["eval", tmp_path / "pooled.arch", "--weights", tmp_path / "w.pt", "--data", tmp_path / "data"]
+
+
+@pytest.mark.parametrize("name", list(at.BOMBS))
+def test_decompression_bombs_are_refused_from_the_header(tmp_path, name):
+    from archdsl import evaluation as ev
+
+    content = at.BOMBS[name]()
+    assert len(content) < 200
+    bomb = tmp_path / ("bomb." + name.split()[0])
+    bomb.write_bytes(content)
+    with pytest.raises(ev.EvalError, match="cannot read image") as info:
+        ev.load_image(bomb)
+    assert re.search(r"pixels|decompression", str(info.value), re.I)
+    code, _, err = run_cli(*eval_folder(tmp_path, bomb.name, content), "--scales", "32")
+    assert code == 2 and "cannot read image" in err and "Traceback" not in err and "internal" not in err
+
+
+def test_a_strip_image_is_refused_before_it_is_rescaled(tmp_path):
+    """1 x 20,000 pixels is a 300-byte PNG under the decompression-bomb limit; at scale 1024
+    it would be 1024 x 20,480,000 pixels (240 GB as floats), once an internal error after an
+    attempt to allocate them."""
+    from archdsl import evaluation as ev
+
+    strip = at.small_images()["strip png"]
+    (tmp_path / "strip.png").write_bytes(strip)
+    img = ev.load_image(tmp_path / "strip.png")
+    assert img.size == (1, 20000)
+    with pytest.raises(ev.EvalError, match="1x20000 pixels .* would be 1024x20480000"):
+        ev.check_rescaled(img, 1024, tmp_path / "strip.png")
+    with pytest.raises(ev.EvalError, match="over the limit"):
+        ev.rescale(img, 1024)
+    ev.check_rescaled(img, 4)  # 4 x 80,000 is fine
+    code, _, err = run_cli(*eval_folder(tmp_path, "strip.png", strip), "--scales", "32,1024")
+    assert code == 2 and "cannot rescale image" in err and "strip.png" in err and "Traceback" not in err
+
+
+@examples(300)
+@given(at.hostile_images())
+def test_mutated_images_decode_or_fail_with_eval_error(tmp_path_factory, content):
+    """Every decoding failure of a mutated PNG/BMP/GIF/TIFF/JPEG is an EvalError (exit 2 in
+    the command), and what decodes is an RGB image within the pixel limit."""
+    from archdsl import evaluation as ev
+
+    path = tmp_path_factory.mktemp("img") / "x.img"
+    path.write_bytes(content)
+    try:
+        img = ev.load_image(path)
+    except ev.EvalError as err:
+        assert str(err).startswith(f"cannot read image {path}")
+        return
+    assert img.mode == "RGB" and img.size[0] * img.size[1] <= ev.MAX_PIXELS
+    try:
+        x = ev.to_tensor(ev.rescale(img, 32))
+    except ev.EvalError as err:
+        assert "cannot rescale" in str(err)
+    else:
+        assert x.shape[0] == 3 and min(x.shape[1:]) == 32
 
 
 # -- spec text reaching a terminal ------------------------------------------------------------------
@@ -649,6 +868,30 @@ def test_imports_and_specs_read_only_regular_files(folder, target):
     assert code == 2 and refused.search(err_text), err_text
 
 
+def test_a_link_to_proc_kmsg_is_refused_unopened(folder, monkeypatch):
+    """/proc/kmsg is a regular file to stat, and reading it as root blocks until the kernel
+    logs something (forever, once). It is refused by its place, before any open: os.open is
+    made to fail on /proc here, so a regression fails the test instead of hanging it."""
+    import archdsl.frontend.loader as loader
+
+    if not os.path.exists("/proc/kmsg"):
+        pytest.skip("/proc/kmsg does not exist here")
+    (folder / "kmsg.arch").symlink_to("/proc/kmsg")
+
+    real_open = os.open
+
+    def no_open(path, *args, **kwargs):
+        if str(path).startswith("/proc"):
+            raise AssertionError(f"opened {path}")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(loader.os, "open", no_open)
+    err = import_error(folder, 'import "kmsg.arch"\n' + NET)
+    assert "system file" in err.message and "/proc/kmsg" in err.message
+    code, _, err_text = run_cli("check", folder / "kmsg.arch")
+    assert code == 2 and "system file" in err_text and "Traceback" not in err_text
+
+
 def test_a_file_that_is_not_a_spec_is_not_quoted(folder):
     secret = "root:$6$s3cr3t-hash:19000:0:99999:7:::"
     (folder / "shadow").write_text(secret + "\nbin:*:19000:0:99999:7:::\n")
@@ -662,6 +905,25 @@ def test_a_file_that_is_not_a_spec_is_not_quoted(folder):
     (folder / "typo.arch").write_text("net a : 3x8x8 { conv3-4 ) }\n")
     code, _, err_text = run_cli("check", folder / "typo.arch")
     assert code == 2 and "conv3-4 )" in err_text and "^" in err_text
+
+
+@pytest.mark.parametrize("content", [
+    "# sshd_config\n\nPermitRootLogin s3cr3t-value\n",  # comments first, as a config file
+    "#!/bin/sh\nexport TOKEN=s3cr3t\n",  # a script
+    "import os\nTOKEN = 's3cr3t'\n",  # Python: 'import' without a quoted file
+    "network s3cr3t\n",  # a word that begins like 'net'
+])
+def test_a_file_that_begins_with_comments_but_is_not_a_spec_is_not_quoted(folder, content):
+    (folder / "conf").write_text(content)
+    (folder / "conf.arch").symlink_to(folder / "conf")
+    code, out, err = run_cli("check", folder / "conf.arch")
+    assert code == 2 and "does not look like an archdsl spec" in err and "s3cr3t" not in out + err
+    err = import_error(folder, 'import "conf.arch"\n' + NET)
+    assert "s3cr3t" not in str(err)
+    # a spec whose statements follow comments and blank lines is read, and quoted where wrong
+    (folder / "typo.arch").write_text("\ufeff# a note\n\n  net a : 3x8x8 { conv3-4 ) }\n")
+    code, _, err_text = run_cli("check", folder / "typo.arch")
+    assert code == 2 and "typo.arch:3:" in err_text and "conv3-4 )" in err_text
 
 
 def test_an_unusable_spec_path_is_a_spec_error():

@@ -19,6 +19,7 @@ them (a block body sees only its own); a name is defined once where it is visibl
 
 from __future__ import annotations
 
+import keyword
 import warnings
 
 import networkx as nx
@@ -43,10 +44,33 @@ SHORTCUTS = ("a", "b", "c", "p", "preact", "none", "identity")
 INPUT_WIDTH = "in"
 
 
+#: Names a layer or a submodule may not take as an attribute of the lowered module: what
+#: ``torch.nn.Module`` defines in public (an attribute ``to`` or ``forward`` would replace its
+#: method; tests/test_hostile.py checks the list against the installed torch), what the
+#: modules of :mod:`codegen.torch_module` set, and Python's keywords (the emitted source
+#: writes ``self.<name>``). Private names (a leading "_") are all reserved: torch adds those often.
+_MODULE_ATTRIBUTES = frozenset("""
+    T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda double
+    dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter get_submodule
+    half ipu load_state_dict modules mtia named_buffers named_children named_modules named_parameters
+    parameters register_backward_hook register_buffer register_forward_hook register_forward_pre_hook
+    register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook
+    register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook
+    register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory state_dict
+    to to_empty train training type xpu zero_grad
+    block arch_name requested_backend backend paths
+""".split()) | frozenset(keyword.kwlist)
+
+
 def _attribute(name: str) -> str:
     """A name the lowered module uses as an attribute: a leading "__" would be name-mangled in
-    a class, so it gains a "b"."""
-    return "b" + name if name.startswith("__") else name
+    a class, so it gains a "b"; a reserved name (:data:`_MODULE_ATTRIBUTES`, or a leading "_")
+    gains a trailing "_". So does a name that is one of those plus trailing underscores, which
+    keeps two names apart (``to`` becomes ``to_``, ``to_`` becomes ``to__``)."""
+    if name.startswith("__"):
+        return "b" + name
+    base = name.rstrip("_")
+    return name + "_" if base in _MODULE_ATTRIBUTES or base.startswith("_") else name
 
 
 class _Calls:

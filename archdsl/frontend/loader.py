@@ -81,16 +81,29 @@ def read_source(path: Path, limits: Limits, span: Span | None = None) -> str:
         raise SpecError(f"{path} is not UTF-8 text", span) from None
     except (OSError, RuntimeError, ValueError) as err:  # a name too long, a NUL byte, a symlink loop
         raise SpecError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}", span) from None
-    if not _SPEC_START.match(text):
-        raise SpecError(f"{path} does not look like an archdsl spec: expected it to begin with net, block, "
-                        "import or a comment", Span(span.file, span.line, span.column))  # no excerpt
+    if not looks_like_a_spec(text):
+        raise SpecError(f"{path} does not look like an archdsl spec: expected its first statement, after "
+                        "comments, to be net NAME, block NAME or import \"FILE\"",
+                        Span(span.file, span.line, span.column))  # no excerpt
     return text
+
+
+def looks_like_a_spec(text: str) -> bool:
+    """Whether the first line of ``text`` that is not blank or a comment begins a statement of
+    the language (``net a``, ``block b``, ``import "f"``), or there is none. A configuration file
+    or a script begins with comments too (``# config``, ``#!/bin/sh``): the line after them is
+    where a parse error would point, and that line must not be printed."""
+    for line in text.removeprefix("\ufeff").splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            return _FIRST_STATEMENT.match(stripped) is not None
+    return True
 
 
 # Top-level folders of kernel interfaces, never specs.
 _SYSTEM_DIRS = frozenset({"proc", "sys", "dev"})
-# What a spec begins with, after an optional byte-order mark and blank space.
-_SPEC_START = re.compile(r"\ufeff?\s*(?:$|#|(?:net|block|import)\b)")
+# The first statement of a spec, after its comments.
+_FIRST_STATEMENT = re.compile(r'(?:net|block)\s+[A-Za-z_]|import\s*"')
 # Tokens as the parser will see them, roughly: comments and strings are one each (and skipped).
 _TOKENS = re.compile(r'#[^\n]*|"[^"\n]*"?|\w+|[^\w\s]')
 

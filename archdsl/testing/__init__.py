@@ -14,11 +14,12 @@ repeats -- as spec text written in varied styles, or as checked graphs::
 
 :func:`check_lowering` runs a graph through PyTorch and checks every node's inferred shape,
 the parameter count and the MACs against what the lowered module really does. For fuzzing,
-:func:`mutated_specs`, :func:`token_soup` and :func:`bundled_sources` give hostile text.
+:func:`mutated_specs`, :func:`token_soup` and :func:`bundled_sources` give hostile text, and
+:func:`hostile_images` hostile image files.
 
 The package holds four modules: :mod:`~archdsl.testing.generator` (random valid nets),
 :mod:`~archdsl.testing.dags` (random DAGs: branches merged by concat, add and multiply),
-:mod:`~archdsl.testing.hostile` (text for fuzzing) and :mod:`~archdsl.testing.checks` (checks
+:mod:`~archdsl.testing.hostile` (text and images for fuzzing) and :mod:`~archdsl.testing.checks` (checks
 against PyTorch); everything public is re-exported here.
 
 Needs ``hypothesis`` (installed with the ``test`` extra); archdsl itself does not import this module.
@@ -30,12 +31,14 @@ from archdsl.testing.checks import (
 from archdsl.testing.dags import dag_specs
 from archdsl.testing.generator import KINDS, SHORTCUTS, Config, GeneratedNet, graphs, nets, specs
 from archdsl.testing.hostile import (
-    TOKENS, bundled_sources, hostile_text, limit_probes, mutated_specs, token_soup,
+    BOMBS, TOKENS, bundled_sources, hostile_images, hostile_text, limit_probes, mutated_specs, small_images,
+    token_soup,
 )
 
 __all__ = [
     "Config", "GeneratedNet", "KINDS", "SHORTCUTS", "TOKENS",
     "nets", "specs", "graphs", "dag_specs",
     "bundled_sources", "mutated_specs", "token_soup", "hostile_text", "limit_probes",
+    "BOMBS", "small_images", "hostile_images",
     "check_lowering", "count_macs", "count_params", "real_shapes", "source_module", "emitted_shapes",
 ]

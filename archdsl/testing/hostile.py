@@ -1,10 +1,14 @@
-"""Hostile text for fuzzing the front end: mutated specs, token soup, and the classes of input
-that broke a promise once (digits inside layer names, terminal escapes in strings, sizes at
-and past every limit)."""
+"""Hostile input for fuzzing: spec text for the front end (mutated specs, token soup, and the
+classes of input that broke a promise once: digits inside layer names, names that emitted code
+once shadowed, absurd layer values, terminal escapes in strings, sizes at and past every limit)
+and image files for ``archdsl eval`` (:func:`hostile_images`)."""
 
 from __future__ import annotations
 
+import io
 import re
+import struct
+import zlib
 
 from hypothesis import strategies as st
 
@@ -36,7 +40,14 @@ TOKENS = (
     # sizes at and past the limits; numbers that are not finite or not whole
     "in=4194304", "alpha=1e308", "size=1000000", "p=0.9999999", "1e308", "2.5", "18.0",
     # paths that are not spec files: kernel interfaces, devices, a name too long
-    '"/proc/self/status.arch"', '"/dev/zero.arch"', '"' + "a" * 5000 + '.arch"', "\ufeff",
+    '"/proc/self/status.arch"', '"/dev/zero.arch"', '"/proc/kmsg"', '"/etc/shadow"', '"' + "a" * 5000 + '.arch"',
+    "\ufeff",
+    # names the emitted module once shadowed or mangled: torch.nn.functional as F, kernels, __b
+    "f", "F", "net F : 3x8x8", "fused_conv2d", "local_response_norm", "__b", "block __b() { conv3-4 }", "__b()",
+    # labels named like a method of nn.Module, an attribute of the module, or a keyword
+    "to = conv3-4", "forward =", "training =", "paths =", "class =", "_modules =", "to_ =",
+    # layer values whose float32 arithmetic is 0, inf or NaN
+    "lrn k=0", "lrn beta=200", "k=1e6 beta=10", "bn eps=0", "eps=1e-320", "dropout p=1", "p={(1e999-1e999)/1}",
 )
 
 #: Layer names, numbers and texts at and past the limits, for :func:`limit_probes`.
@@ -142,4 +153,88 @@ def hostile_text(sources: list[str] | None = None) -> st.SearchStrategy[str]:
         specs(max_layers=4, max_depth=1).flatmap(lambda t: _mutate(t, 3)),
         limit_probes(),
         st.text(max_size=200),
+    )
+
+
+# -- images for ``archdsl eval`` ------------------------------------------------------------------
+def _png(width: int, height: int, idat: bytes) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _bmp(width: int, height: int) -> bytes:
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + len(info) + 16, 0, 0, 14 + len(info)) + info + b"\0" * 16
+
+
+def _gif(width: int, height: int) -> bytes:
+    screen = struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff"
+    return b"GIF89a" + screen + b"," + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x44\x01\x00;"
+
+
+def _tiff(width: int, height: int) -> bytes:
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, 1, 8), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, width * height % 2**32)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + b"\0" * 4
+    return b"II*\0" + struct.pack("<I", 8) + ifd
+
+
+#: Files of ~100 bytes whose headers claim images far over Pillow's decompression-bomb limit.
+BOMBS = {
+    "png 20000x20000": lambda: _png(20000, 20000, zlib.compress(b"\0" * 1000)),
+    "bmp 30000x30000": lambda: _bmp(30000, 30000),
+    "gif 65535x65535": lambda: _gif(65535, 65535),
+    "tiff 60000x60000": lambda: _tiff(60000, 60000),
+}
+
+
+def small_images() -> dict[str, bytes]:
+    """An 8x6 RGB image saved as PNG, BMP, GIF, TIFF and JPEG, and a 1x20000 strip as PNG
+    (a few hundred bytes that rescaling would grow to gigabytes)."""
+    from PIL import Image
+
+    img = Image.new("RGB", (8, 6))
+    img.putdata([(37 * i % 256, 91 * i % 256, 13 * i % 256) for i in range(48)])
+    out = {}
+    for fmt in ("PNG", "BMP", "GIF", "TIFF", "JPEG"):
+        buf = io.BytesIO()
+        img.save(buf, fmt)
+        out[fmt.lower()] = buf.getvalue()
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 20000), (9, 9, 9)).save(buf, "PNG")
+    out["strip png"] = buf.getvalue()
+    return out
+
+
+@st.composite
+def _mutate_bytes(draw, data: bytes) -> bytes:
+    out = bytearray(data)
+    for _ in range(draw(st.integers(1, 6))):
+        op = draw(st.sampled_from(["flip", "set", "cut", "insert", "big"]))
+        i = draw(st.integers(0, max(len(out) - 1, 0)))
+        if op == "flip" and out:
+            out[i] ^= 1 << draw(st.integers(0, 7))
+        elif op == "set" and out:
+            out[i] = draw(st.sampled_from([0, 1, 0x7F, 0x80, 0xFF]))
+        elif op == "cut":
+            del out[i:i + draw(st.integers(1, 16))]
+        elif op == "insert":
+            out[i:i] = draw(st.binary(min_size=1, max_size=8))
+        elif op == "big" and len(out) >= i + 4:  # a size field, say, made huge
+            out[i:i + 4] = b"\xff\xff\x7f\x00"
+    return bytes(out)
+
+
+def hostile_images() -> st.SearchStrategy[bytes]:
+    """Image files for ``archdsl eval``: small PNG/BMP/GIF/TIFF/JPEG files with a few bytes
+    flipped, cut, inserted or set huge; headers claiming decompression bombs (:data:`BOMBS`);
+    a thin strip that rescaling would blow up; and arbitrary bytes."""
+    sources = list(small_images().values()) + [make() for make in BOMBS.values()]
+    return st.one_of(
+        st.sampled_from(sources),
+        st.sampled_from(sources).flatmap(_mutate_bytes),
+        st.binary(max_size=200),
     )

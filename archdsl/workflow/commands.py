@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from archdsl.arguments import Command, key_value, shape, spec_args
+from archdsl.arguments import Command, check_output, key_value, shape, spec_args
 from archdsl.workflow.tables import FORMATS
 
 # Options of the training loop (train.Options) on the command line: flag, field, argparse kwargs.
@@ -119,6 +119,8 @@ def _sweep(args) -> int:
     if not args.grid:
         print("error: sweep: give at least one --set NAME=V1,V2,...", file=sys.stderr)
         return 2
+    if args.jobs:
+        check_output(Path(args.jobs))  # before the table: a --jobs that cannot be written costs nothing
     built = sweep.variants(args.spec, args.grid, net=args.net, input=args.input)
     rows = sweep.table_rows(args.spec, built)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one table

@@ -92,7 +92,13 @@ def versions() -> dict[str, str]:
 # -- atomic files -------------------------------------------------------------------------------
 def write_atomic_bytes(path: Path, write: Callable[[Any], None]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``:
-    readers (and a run killed meanwhile) see the old file or the new one, never half of one."""
+    readers (and a run killed meanwhile) see the old file or the new one, never half of one.
+
+    Only a regular file is replaced: a device, a FIFO, a link or a folder at ``path``
+    (``sweep --jobs /dev/null`` run as root) is refused (see :func:`archdsl.arguments.check_output`)."""
+    from archdsl.arguments import check_output
+
+    check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     umask = os.umask(0)
     os.umask(umask)
@@ -103,6 +109,7 @@ def write_atomic_bytes(path: Path, write: Callable[[Any], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for the temporary file only
+        check_output(path)  # nothing but a regular file appeared there meanwhile
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
