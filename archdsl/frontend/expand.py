@@ -47,7 +47,7 @@ INPUT_WIDTH = "in"
 #: Names a layer or a submodule may not take as an attribute of the lowered module: what
 #: ``torch.nn.Module`` defines in public (an attribute ``to`` or ``forward`` would replace its
 #: method; tests/test_hostile.py checks the list against the installed torch), what the
-#: modules of :mod:`codegen.torch_module` set, and Python's keywords (the emitted source
+#: modules of :mod:`archdsl.codegen.torch_module` set, and Python's keywords (the emitted source
 #: writes ``self.<name>``). Private names (a leading "_") are all reserved: torch adds those often.
 _MODULE_ATTRIBUTES = frozenset("""
     T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda double
