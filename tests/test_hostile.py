@@ -729,7 +729,7 @@ def test_sweep_jobs_and_run_files_only_replace_a_regular_file(tmp_path, kind):
         assert (tmp_path / "real.txt").read_text() == "# the real file\n"
     jobs = tmp_path / "jobs.jsonl"
     assert run_cli("sweep", "cifar_resnet", "--set", "n=1", "--data", "digits", "--jobs", jobs)[0] == 0
-    assert json.loads(jobs.read_text().splitlines()[0])["params"] == {"n": 1}
+    assert json.loads(jobs.read_text().splitlines()[0])["arguments"] == {"n": 1}
 
 
 def test_a_directory_at_the_output_gets_the_net_file(tmp_path):

@@ -13,10 +13,11 @@ from archdsl.workflow.recipes import recipe
 from archdsl.workflow.train import Options, train
 
 
-def fake_run(folder, net, depth, params, errors):
-    """A run folder as train writes it, with the given (train, test) errors per evaluation."""
+def fake_run(folder, net, depth, params, errors, counts=("param_count", "mac_count")):
+    """A run folder as train writes it, with the given (train, test) errors per evaluation;
+    ``counts`` names the count keys (``("params", "macs")`` as runs were once written)."""
     folder.mkdir(parents=True)
-    runs.write_json(folder / runs.RUN_FILE, {"net": net, "counts": {"depth": depth, "params": params, "macs": 1},
+    runs.write_json(folder / runs.RUN_FILE, {"net": net, "counts": {"depth": depth, counts[0]: params, counts[1]: 1},
                                              "status": "done", "elapsed_s": 12.5,
                                              "completed_iterations": 10 * len(errors)})
     rows = [{"iteration": 10 * (i + 1), "train_error": tr, "test_top1_error": te, "train_loss": 1.0}
@@ -38,7 +39,7 @@ def test_table_has_best_and_final_errors(sweep_dir):
     assert [r["variant"] for r in rows] == ["plain-n3", "plain-n5", "resnet-n3"]
     first = rows[0]
     assert (first["best_test_error"], first["final_test_error"], first["final_train_error"]) == (35.0, 40.0, 25.0)
-    assert (first["depth"], first["params"], first["iterations"], first["time_s"]) == (20, 269_722, 30, 12.5)
+    assert (first["depth"], first["param_count"], first["iterations"], first["time_s"]) == (20, 269_722, 30, 12.5)
 
 
 def test_cli_writes_table_and_plots(sweep_dir, tmp_path, capsys):
@@ -74,3 +75,39 @@ def test_report_of_a_real_run(tmp_path, capsys):
 def test_missing_runs_exit_2(tmp_path):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert main(["report", str(tmp_path)]) == 2
+
+
+def test_runs_written_with_the_old_keys_are_read(tmp_path):
+    """Runs written before run.json spelt its keys as the summary's JSON does (``params`` for
+    the net's arguments, ``counts.params`` / ``counts.macs``) still tabulate and plot."""
+    root = tmp_path / "runs"
+    fake_run(root / "old-n3", "cifar_plain", 20, 269_722, [(0.3, 0.4)], counts=("params", "macs"))
+    fake_run(root / "new-n5", "cifar_plain", 32, 464_154, [(0.4, 0.5)])
+    old = json.loads((root / "old-n3" / runs.RUN_FILE).read_text())
+    runs.write_json(root / "old-n3" / runs.RUN_FILE, {**old, "params": {"n": 3}})
+    found = report.find_runs([root])
+    assert found[1]["arguments"] == {"n": 3} and "params" not in found[1]
+    assert found[1]["counts"] == {"depth": 20, "param_count": 269_722, "mac_count": 1}
+    rows = report.table_rows(found)
+    assert [(r["variant"], r["param_count"], r["mac_count"]) for r in rows] == [
+        ("new-n5", 464_154, 1), ("old-n3", 269_722, 1)]
+    out = tmp_path / "report"
+    assert main(["report", str(root), "--out", str(out), "--x", "params", "--format", "csv"]) == 0
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert "param_count" in header and "mac_count" in header and "params" not in header
+    assert (out / "error_vs_params.svg").is_file()
+
+
+def test_the_committed_ablation_runs_are_read(capsys):
+    """docs/results/ablation/runs were written with the old keys; report reads their counts."""
+    import archdsl
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "docs" / "results" / "ablation" / "runs"
+    assert main(["report", str(folder), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 4
+    for row in rows:
+        net, n = row["variant"].rsplit("-n", 1)
+        g = archdsl.load(net, n=int(n))
+        assert (row["param_count"], row["mac_count"]) == (g.params, g.macs)

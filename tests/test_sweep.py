@@ -34,7 +34,7 @@ def test_sweep_csv_prints_the_papers_parameter_counts():
     assert [int(r["n"]) for r in rows] == [3, 5, 7, 9, 18]
     for row in rows:
         depth, params = CIFAR_RESNETS[int(row["n"])]
-        assert int(row["params"]) == params
+        assert int(row["param_count"]) == params
         assert int(row["depth"]) == depth
         assert row["output_shape"] == "10"
 
@@ -50,7 +50,7 @@ def test_grid_is_the_cartesian_product_first_name_slowest():
 
 def test_plain_twin_has_the_resnets_parameters_and_depth_ignores_projections():
     plain, resnet = archdsl.load("cifar_plain", n=5), archdsl.load("cifar_resnet", n=5)
-    assert counts.variant_row(plain)["params"] == counts.variant_row(resnet)["params"] == 464_154
+    assert counts.variant_row(plain)["param_count"] == counts.variant_row(resnet)["param_count"] == 464_154
     # Option B adds three 1x1 projections beside the blocks: 21 weighted layers, depth still 18.
     assert counts.depth(archdsl.load("resnet18")) == 18
     assert counts.depth(archdsl.load("vgg_e")) == 19
@@ -59,9 +59,9 @@ def test_plain_twin_has_the_resnets_parameters_and_depth_ignores_projections():
 def test_variant_row_counts_agree_with_the_graph():
     g = archdsl.load("cifar_resnet", n=3)
     row = counts.variant_row(g)
-    assert row["macs"] == g.macs and row["params"] == g.params
-    assert row["activations"] == sum(d["meta"]["activations"] for _, d in g.nodes(data=True))
-    assert row["activation_mib"] == round(row["activations"] * 4 / 2**20, 2)
+    assert row["mac_count"] == g.macs and row["param_count"] == g.params
+    assert row["activation_count"] == sum(d["meta"]["activations"] for _, d in g.nodes(data=True))
+    assert row["activation_mib"] == round(row["activation_count"] * 4 / 2**20, 2)
     assert row["receptive_field"] == g.nodes[g.graph["output"]]["meta"]["rf"]
 
 
@@ -80,8 +80,8 @@ def test_subtotals_add_up_to_the_totals():
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_format_renders_every_row(fmt):
-    rows = [{"variant": "a_b", "n": 3, "params": 269_722, "output_shape": [64, 8, 8]},
-            {"variant": "c&d", "n": 18, "params": 1_727_962, "output_shape": [10]}]
+    rows = [{"variant": "a_b", "n": 3, "param_count": 269_722, "output_shape": [64, 8, 8]},
+            {"variant": "c&d", "n": 18, "param_count": 1_727_962, "output_shape": [10]}]
     text = render(rows, fmt)
     if fmt == "json":
         assert json.loads(text) == rows
@@ -116,7 +116,7 @@ def test_sweep_jobs_writes_one_command_per_variant(tmp_path, capsys):
     assert main(["sweep", "cifar_plain", "--set", "n=1,2", "--jobs", str(jobs), "--data", "digits",
                  "--iterations", "5", "--out", str(tmp_path / "runs")]) == 0
     lines = [json.loads(line) for line in jobs.read_text().splitlines()]
-    assert [j["params"] for j in lines] == [{"n": 1}, {"n": 2}]
+    assert [j["arguments"] for j in lines] == [{"n": 1}, {"n": 2}]
     assert lines[0]["argv"][1:4] == ["-m", "archdsl", "train"]
     assert "--iterations" in lines[0]["argv"] and ["--set", "n=1"] == lines[0]["argv"][-2:]
     assert lines[1]["run_dir"] == str(tmp_path / "runs" / "cifar_plain-n2")
@@ -138,7 +138,7 @@ def test_sweep_train_runs_the_variants_one_after_another(tmp_path, capsys):
                  "--batch-size", "16", "--eval-every", "2", "--no-progress", "--out", str(out)]) == 0
     for n in (1, 2):
         run = json.loads((out / f"cifar_plain-n{n}" / "run.json").read_text())
-        assert run["status"] == "done" and run["params"]["n"] == n and run["counts"]["depth"] == 6 * n + 2
+        assert run["status"] == "done" and run["arguments"]["n"] == n and run["counts"]["depth"] == 6 * n + 2
         assert run["data"]["name"] == "cifar10" and run["recipe"]["iterations"] == 2
     again = ["sweep", "cifar_plain", "--set", "n=1,2", "--train", "--data", cifar, "--iterations", "2",
              "--batch-size", "16", "--eval-every", "2", "--no-progress", "--out", str(out)]
@@ -176,3 +176,40 @@ def test_sweep_jobs_name_absolute_paths(tmp_path, monkeypatch):
     result = subprocess.run(argv, cwd=elsewhere, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "runs" / "mine-n1" / "run.json").read_text())["status"] == "done"
+
+
+#: Keys the summary's JSON does not use: there a count is ``*_count`` and the net's parameter
+#: values are ``arguments``; ``params`` alone could mean either.
+AMBIGUOUS = {"params", "parameters", "macs", "flops", "activations"}
+
+
+def test_machine_readable_outputs_spell_keys_as_the_summary_does(tmp_path, capsys):
+    from archdsl.workflow import data, runs
+    from archdsl.workflow.recipes import recipe
+    from archdsl.workflow.train import Options, train
+
+    assert main(["sweep", "cifar_resnet", "--set", "n=3,5", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["n"], r["param_count"]) for r in rows] == [(3, 269_722), (5, 464_154)]
+    assert all(r["mac_count"] == archdsl.load("cifar_resnet", n=r["n"]).macs for r in rows)
+    assert not AMBIGUOUS & set().union(*rows)
+    assert main(["sweep", "cifar_resnet", "--set", "n=3", "--format", "csv"]) == 0
+    header = next(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert {"param_count", "mac_count"} <= set(header) and not AMBIGUOUS & set(header)
+    assert main(["sweep", "cifar_resnet", "--set", "n=3", "--format", "md"]) == 0
+    assert "| params | MACs |" in capsys.readouterr().out  # people read the short headers
+
+    jobs = tmp_path / "jobs.jsonl"
+    assert main(["sweep", "cifar_plain", "--set", "n=1", "--jobs", str(jobs), "--data", "digits",
+                 "--out", str(tmp_path / "runs")]) == 0
+    (job,) = [json.loads(line) for line in jobs.read_text().splitlines()]
+    assert job["arguments"] == {"n": 1} and not AMBIGUOUS & set(job)
+
+    ds = data.in_memory("tiny", [str(i) for i in range(10)], data.synthetic(32, 10, 32, 0), None)
+    train("cifar_plain", ds, tmp_path / "run", recipe=recipe("resnet-cifar", iterations=1, batch_size=16),
+          params={"n": 1}, options=Options(progress=False))
+    recorded = json.loads((tmp_path / "run" / runs.RUN_FILE).read_text())
+    g = archdsl.load("cifar_plain", n=1)
+    assert recorded["arguments"] == {"n": 1, "shortcut": "none", "classes": 10}
+    assert recorded["counts"] == {"param_count": g.params, "mac_count": g.macs, "depth": 8}
+    assert not AMBIGUOUS & (set(recorded) | set(recorded["counts"]))

@@ -73,7 +73,7 @@ def test_run_folder_records_what_was_trained(tmp_path):
     assert recorded["spec_sha256"] == runs.spec_hash(spec_text) == info["spec_sha256"]
     assert "import" not in spec_text and "net cifar_plain(n=2, shortcut=none, classes=10)" in spec_text
     again = archdsl.load(out / runs.SPEC_FILE)  # self-contained: the variant, with no --set
-    assert again.params == archdsl.load("cifar_plain", n=2).params == recorded["counts"]["params"]
+    assert again.params == archdsl.load("cifar_plain", n=2).params == recorded["counts"]["param_count"]
     with pytest.raises(TrainError, match="already holds a run"):
         train("cifar_plain", tiny(), out, recipe=short(iterations=3), params={"n": 2}, options=QUIET)
     with pytest.raises(TrainError, match="another spec or other parameters"):

@@ -135,7 +135,7 @@ def _sweep(args) -> int:
         from archdsl.workflow.runs import write_text
 
         write_text(Path(args.jobs), sweep.job_lines(jobs))
-        print(f"\nwrote {len(jobs)} jobs to {args.jobs} (JSON lines: name, params, run_dir, argv, command)",
+        print(f"\nwrote {len(jobs)} jobs to {args.jobs} (JSON lines: name, arguments, run_dir, argv, command)",
               file=sys.stderr)
         return 0
     from archdsl.workflow.train import train
@@ -146,7 +146,7 @@ def _sweep(args) -> int:
     for job in jobs:
         # --resume continues the variants that have a checkpoint and starts the others
         resume = args.resume and (Path(job["run_dir"]) / CHECKPOINT_FILE).is_file()
-        info = train(args.spec, args.data, job["run_dir"], recipe=recipe, params=job["params"], net=args.net,
+        info = train(args.spec, args.data, job["run_dir"], recipe=recipe, params=job["arguments"], net=args.net,
                      options=options, resume=resume)
         if info["status"] != "done":
             print(f"{job['name']}: {info['status']}; the rest of the sweep is not run", file=sys.stderr)

@@ -29,15 +29,16 @@ def activations(graph: ArchGraph) -> int:
 
 
 def variant_row(graph: ArchGraph) -> dict:
-    """The sweep table's columns for one variant: its parameter values, then its costs."""
+    """The sweep table's columns for one variant: its parameter values, then its costs (counts
+    spelt as in the summary's JSON: ``param_count``, ``mac_count``, ``activation_count``)."""
     meta = graph.nodes[graph.graph["output"]]["meta"]
     values = activations(graph)
     return {
         **graph.graph.get("params", {}),
         "depth": depth(graph),
-        "params": graph.params,
-        "macs": graph.macs,
-        "activations": values,
+        "param_count": graph.params,
+        "mac_count": graph.macs,
+        "activation_count": values,
         "activation_mib": round(values * BYTES_PER_VALUE / 2**20, 2),
         "receptive_field": meta["rf"],
         "output_shape": list(graph.output_shape.dims),

@@ -48,8 +48,8 @@ def table_rows(runs: Sequence[dict]) -> list[dict]:
             "variant": Path(run["dir"]).name,
             "net": run.get("net"),
             "depth": run.get("counts", {}).get("depth"),
-            "params": run.get("counts", {}).get("params"),
-            "macs": run.get("counts", {}).get("macs"),
+            "param_count": run.get("counts", {}).get("param_count"),
+            "mac_count": run.get("counts", {}).get("mac_count"),
             "iterations": run.get("completed_iterations", last.get("iteration")),
             "best_test_error": percent(min(tested) if tested else None),
             "final_test_error": percent(last.get("test_top1_error")),
@@ -61,7 +61,7 @@ def table_rows(runs: Sequence[dict]) -> list[dict]:
 
 
 COLUMNS = [Column("variant", "variant"), Column("net", "net"), Column("depth", "depth"),
-           Column("params", "params"), Column("macs", "MACs"), Column("iterations", "iterations"),
+           Column("param_count", "params"), Column("mac_count", "MACs"), Column("iterations", "iterations"),
            Column("best_test_error", "best test err %"), Column("final_test_error", "final test err %"),
            Column("final_train_error", "final train err %"),
            Column("time_s", "time s", lambda v: "" if v is None else f"{v:.1f}"), Column("status", "status")]
@@ -97,7 +97,7 @@ def plots(runs: Sequence[dict], out: Path, x: str = "depth") -> list[Path]:
     Args:
         runs: as :func:`find_runs` gives them.
         out: the folder to write into.
-        x: ``depth`` or ``params``.
+        x: ``depth`` or ``params`` (the parameter count, row key ``param_count``).
     """
     plt = _pyplot()
     out.mkdir(parents=True, exist_ok=True)
@@ -125,9 +125,10 @@ def plots(runs: Sequence[dict], out: Path, x: str = "depth") -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     rows = table_rows(runs)
+    key = {"depth": "depth", "params": "param_count"}[x]
     for net in dict.fromkeys(r["net"] for r in rows):
-        points = sorted((r[x], r["final_test_error"]) for r in rows
-                        if r["net"] == net and r[x] is not None and r["final_test_error"] is not None)
+        points = sorted((r[key], r["final_test_error"]) for r in rows
+                        if r["net"] == net and r[key] is not None and r["final_test_error"] is not None)
         if points:
             ax.plot(*zip(*points), marker="o", label=net)
     ax.set_xlabel("depth (weighted layers)" if x == "depth" else "parameters")

@@ -1,7 +1,8 @@
 """A run folder: what was trained (the canonical spec with its parameter values, and its hash),
 how (the recipe, seed, versions, command), what came out (metrics per evaluation, checkpoints).
 
-    run.json        spec name, parameters, spec hash, recipe, seed, data, versions, status
+    run.json        spec name, arguments (the net's parameter values), counts (param_count,
+                    mac_count, depth), spec hash, recipe, seed, data, versions, status
     spec.arch       the spec in the canonical layout (``archdsl fmt``), self-contained: the
                     blocks of its imports first, then the net with the run's parameter values
                     as its defaults, so ``archdsl check spec.arch`` builds exactly this variant
@@ -158,9 +159,23 @@ def read_run(run_dir: str | Path) -> dict:
         run = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise SpecError(f"cannot read {path}: {err}") from None
+    _rename_old_keys(run)
     run["metrics"] = read_metrics(run_dir)
     run["dir"] = str(run_dir)
     return run
+
+
+def _rename_old_keys(run: dict) -> None:
+    """Runs written before the keys were spelt as in the summary's JSON said ``params`` for the
+    net's arguments and ``counts.params`` / ``counts.macs`` for the counts; read them as
+    ``arguments``, ``counts.param_count`` and ``counts.mac_count``."""
+    if "params" in run and "arguments" not in run:
+        run["arguments"] = run.pop("params")
+    counts = run.get("counts")
+    if isinstance(counts, dict):
+        for old, new in (("params", "param_count"), ("macs", "mac_count")):
+            if old in counts and new not in counts:
+                counts[new] = counts.pop(old)
 
 
 def command_line() -> list[str]:

@@ -70,7 +70,7 @@ def table_rows(spec: str | Path, built: Sequence[tuple[dict[str, Value], ArchGra
 def columns(names: Sequence[str]) -> list[Column]:
     """The sweep table's columns: the variant, the swept parameters, then the costs."""
     return [Column("variant", "variant"), *(Column(n, n) for n in names),
-            Column("depth", "depth"), Column("params", "params"), Column("macs", "MACs"),
+            Column("depth", "depth"), Column("param_count", "params"), Column("mac_count", "MACs"),
             Column("activation_mib", "act. MiB/sample", lambda v: f"{v:.2f}"),
             Column("receptive_field", "RF"), Column("output_shape", "output")]
 
@@ -81,7 +81,9 @@ def train_commands(spec: str | Path, values_list: Sequence[dict[str, Value]], tr
 
     The commands call the same Python as this process (``python -m archdsl``), so a scheduler
     on a machine with the same environment runs exactly what ``sweep --train`` would. Paths
-    (a spec file, the run folder) are absolute: a scheduler may start a job in another folder."""
+    (a spec file, the run folder) are absolute: a scheduler may start a job in another folder.
+    A job's ``arguments`` are the variant's values of the net's parameters (as in the summary's
+    JSON), not a parameter count."""
     jobs = []
     spec_arg = str(Path(spec).resolve()) if Path(spec).is_file() else str(spec)  # else a bundled name
     for values in values_list:
@@ -90,7 +92,7 @@ def train_commands(spec: str | Path, values_list: Sequence[dict[str, Value]], tr
         argv = [sys.executable, "-m", "archdsl", "train", spec_arg, *train_args, "--out", run_dir]
         for k, v in values.items():
             argv += ["--set", f"{k}={cli_text(v)}"]
-        jobs.append({"name": name, "params": values, "run_dir": run_dir, "argv": argv,
+        jobs.append({"name": name, "arguments": values, "run_dir": run_dir, "argv": argv,
                      "command": shlex.join(argv)})
     return jobs
 

@@ -252,10 +252,10 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
         _set_rng_state(ckpt["rng"], world)
         state = {k: ckpt[k] for k in state}
     info = {
-        "spec": str(spec), "net": graph.name, "params": graph.graph.get("params", params),
+        "spec": str(spec), "net": graph.name, "arguments": graph.graph.get("params", params),
         "spec_file": runs.SPEC_FILE, "spec_sha256": digest, "recipe": recipe.to_json(),
         "options": asdict(options), "seed": options.seed, "data": dataset.describe(),
-        "counts": {"params": graph.params, "macs": graph.macs, "depth": depth(graph)},
+        "counts": {"param_count": graph.params, "mac_count": graph.macs, "depth": depth(graph)},
         "world_size": world.size, "device": device, "amp": amp, "channels_last": channels_last,
         "iterations": total, "steps_per_epoch": steps_per_epoch, "versions": runs.versions(),
         "command": runs.command_line(), "status": "running",
