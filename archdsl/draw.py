@@ -6,6 +6,13 @@ its branch, its shortcut (a box of its own when it has layers) and the addition;
 carries the shape that flows along it, and every box the parameters and MACs of what it
 stands for. Nothing here assumes a chain: any DAG of statements is drawn as it is wired.
 
+Pictures stay small enough for ``dot`` to lay out: only the outermost ``DRAWN_DEPTH`` (16)
+levels of residual units, merges, groups and block calls are drawn open. One nested deeper is
+one box (``residual { ... }`` or the call, marked "N levels nested, drawn as one box") holding
+all of its layers, their parameters and MACs. ``dot``'s work grows far faster than the boxes and edges (a chain of
+62 nested residual units, whose every shortcut leaves from the same box, takes seconds; 198
+take minutes), and the limits let a spec nest up to 200 deep; no bundled net comes near 16.
+
 Which statement a node came from is the ``meta["stmt"]`` path that expansion records
 (frontend/expand.py): ``(kind, span, repeat index, repeat count)`` per enclosing statement.
 
@@ -38,6 +45,10 @@ _BLOCK_FILL = "#d0e0e3"  # a collapsed repeat of a block call
 _PLAIN_FILL = "#f3f3f3"  # activations, dropout
 _FONT = "Helvetica,Arial,sans-serif"
 
+#: How many residual units and block calls, nested in one another, are drawn open; one nested
+#: deeper is drawn as a single box (see the module docstring).
+DRAWN_DEPTH = 16
+
 
 @dataclass
 class Box:
@@ -57,7 +68,7 @@ class Box:
     title: str = ""
     clusters: tuple[tuple, ...] = ()
     span: object = None
-    kind: str = "layer"  # layer | block | add | shortcut | input
+    kind: str = "layer"  # layer | block | add | shortcut | input | nested
 
 
 @dataclass
@@ -88,7 +99,12 @@ def _raw_key(data: dict, expand: bool) -> tuple[tuple, int]:
     """A node's box key before implied activations move, and how many leading path elements
     are block calls drawn as clusters (the key prefixes ending there)."""
     key: list = []
+    opened = 0  # residual units and block calls drawn open so far
     for kind, span, index, count in data["meta"].get("stmt", ()):
+        if kind != "layer" and opened == DRAWN_DEPTH:  # nested too deep: one box for it all
+            key += [(kind, _ident(span), "*" if count > 1 and not expand else index), "nested"]
+            return tuple(key), len(key)
+        opened += kind != "layer"
         if count > 1 and not expand:
             key.append((kind, _ident(span), "*"))
             return tuple(key), len(key)
@@ -156,6 +172,9 @@ def _new_box(key: tuple, data: dict, graph: ArchGraph, clusters: dict[tuple, str
             break
         kind, _, index = element
         box.span = path[depth][1]
+        if key[depth + 1:] == ("nested",):  # a unit or call nested too deep, drawn as one box
+            box.kind = "nested"
+            break
         if index == "*":  # all repeats of a statement as one box
             box.kind = "layer" if depth == len(path) - 1 and kind == "layer" else "block"
             break
@@ -176,6 +195,14 @@ def _title(box: Box, graph: ArchGraph) -> str:
     if box.kind == "add":
         ops = [graph.nodes[n]["op"] for n in box.nodes]
         return " + ".join(["add"] * (Op.ADD in ops) + ["relu"] * (Op.RELU in ops))
+    if box.kind == "nested":
+        path, depth = first["meta"]["stmt"], len(box.key) - 2
+        kind = path[depth][0]
+        head = _call_text(box.span, graph) if kind == "call" else kind + " { \u2026 }"
+        below = max(sum(element[0] != "layer" for element in graph.nodes[n]["meta"]["stmt"][depth:])
+                     for n in box.nodes)
+        count = f" \u00d7{path[depth][3]}" if box.key[-2][2] == "*" else ""
+        return f"{head}{count}  ({below} levels nested, drawn as one box)"
     if box.kind == "shortcut":
         layers = ", ".join(_layer_text(graph.nodes[n], own_text=False) for n in box.nodes)
         return layers if layers.startswith("shortcut") else f"shortcut: {layers}"
@@ -240,7 +267,7 @@ def _label(box: Box, graph: ArchGraph) -> str:
 
 
 def _fill(box: Box, graph: ArchGraph) -> str:
-    if box.kind == "block":
+    if box.kind in ("block", "nested"):
         return _BLOCK_FILL
     if box.kind == "add":
         return _FILL[Op.ADD]

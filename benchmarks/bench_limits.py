@@ -6,7 +6,11 @@ the previous defaults (no token limit, 100,000 nodes, 2,000,000 steps) and under
 the spec, and the work done (tokens parsed, expansion steps, nodes made). The ``build`` rows
 time the whole of ``archdsl build`` (load, lower, emit the module source) and give the bytes
 emitted (``--backend triton``: the source that calls the Triton kernels); the ``compile``
-rows give the CPU time and peak memory of ``archdsl.compile`` in a child process.
+rows give the CPU time and peak memory of ``archdsl.compile`` in a child process. The ``draw``
+rows time ``archdsl.draw.render(graph, "svg")`` of a chain of nested residual units in a child
+process: every unit drawn open (as before ``DRAWN_DEPTH``, stopped after ``DRAW_TIMEOUT``
+seconds) against today's picture, which opens the outermost 16 (the spec is loaded with
+``max_nesting`` raised to the ceiling, 200, past 62).
 
     python benchmarks/bench_limits.py            # prints a markdown table
     python benchmarks/bench_limits.py --quick    # the same cases once each, no compile rows
@@ -87,6 +91,34 @@ def build_case(text: str | None, limits: Limits, backend: str = "torch"):
     return run
 
 
+#: Nesting depths of the draw rows, and how long a child drawing every unit open may take.
+DRAW_DEPTHS = (62, 100, 198)
+DRAW_TIMEOUT = 300
+
+
+def nested_units(n: int) -> str:
+    return "net deep : 3x8x8 { conv3-4; " + "residual { " * n + "conv3-4" + " }" * n + " }"
+
+
+def draw_cpu(n: int, drawn_depth: int | None) -> str:
+    """CPU seconds to lay out and render the picture of ``nested_units(n)``, in a child process."""
+    code = ("import sys, time\n"
+            f"sys.path.insert(0, {str(ROOT)!r})\n"
+            "import archdsl, archdsl.draw as draw\n"
+            "from archdsl.limits import Limits\n"
+            f"graph = archdsl.loads({nested_units(n)!r}, limits=Limits(max_nesting=200, max_call_depth=200))\n"
+            + (f"draw.DRAWN_DEPTH = {drawn_depth}\n" if drawn_depth else "")
+            + "start = time.process_time()\n"
+            "draw.render(graph, 'svg')\n"
+            "print(f'{time.process_time() - start:.2f}', len(draw.cut(graph).boxes))\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             timeout=DRAW_TIMEOUT).stdout.split()
+    except subprocess.TimeoutExpired:
+        return f"stopped after {DRAW_TIMEOUT} s (wall clock)"
+    return f"{out[0]} s ({out[1]} boxes)"
+
+
 def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} KB"
 
@@ -155,6 +187,9 @@ def main() -> None:
         for name, text in [CASES[i] for i in SMALL_BUT_COSTLY]:
             print(f"| compile: {name}, CPU time and peak memory | {compile_peak(text, PREVIOUS)} | "
                   f"{compile_peak(text, DEFAULT)} | | |")
+    for n in DRAW_DEPTHS if not args.quick else DRAW_DEPTHS[:1]:
+        print(f"| draw svg: {n} nested residual units, every unit open vs the outermost 16 | "
+              f"{draw_cpu(n, 10 ** 6)} | {draw_cpu(n, None)} | | |")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import archdsl
+from archdsl import draw
 from archdsl.cli import main
 from archdsl.draw import cut, render
+from archdsl.ir import Op
+from archdsl.limits import Limits
 
 pytest.importorskip("pygraphviz", reason="archdsl draw needs pygraphviz (pip install 'archdsl[draw]')")
 
@@ -150,3 +153,69 @@ def test_figure_style_is_one_box_per_stage(tmp_path):
     texts = {"".join(t.itertext()).strip() for t in root.iter(f"{SVG}text")}
     assert {"imagenet_stem", "64\u00d756\u00d756", "2048\u00d77\u00d77", "fc-1000"} <= texts
     assert main(["draw", "resnet50", "--style", "figure", "-o", str(tmp_path / "fig.dot")]) == 2
+
+
+# -- how deep a picture opens ---------------------------------------------------------------------
+
+def _nested_units(n):
+    return "net deep : 3x8x8 { conv3-4; " + "residual { " * n + "conv3-4" + " }" * n + " }"
+
+
+def _cluster_depth(dot):
+    """How deeply the clusters of a dot source nest in one another."""
+    depth, deepest = 0, 0
+    for line in dot.splitlines():
+        if line.strip().startswith("subgraph cluster_"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif line.strip() == "}" and depth:
+            depth -= 1
+    return deepest
+
+
+@pytest.mark.parametrize("expand", [False, True])
+def test_bundled_specs_draw_as_if_every_unit_were_open(expand, monkeypatch):
+    # No bundled net nests 16 deep: its dot source is the one drawn with no cap at all.
+    capped = {name: render(archdsl.load(name), "dot", expand=expand) for name in SPECS}
+    monkeypatch.setattr(draw, "DRAWN_DEPTH", 10 ** 6)
+    for name in SPECS:
+        assert render(archdsl.load(name), "dot", expand=expand) == capped[name], name
+
+
+def test_deeply_nested_residual_units_are_drawn_to_a_bounded_depth(tmp_path):
+    n = 150
+    graph = archdsl.loads(_nested_units(n), limits=Limits(max_nesting=200, max_call_depth=200))
+    picture = cut(graph)
+    # Every graph node is in exactly one box, and the boxes are few: the first conv, the
+    # outermost units' additions, and one box for everything nested deeper.
+    assert sorted(n for box in picture.boxes.values() for n in box.nodes) == sorted(graph.nodes)
+    kinds = [box.kind for box in picture.boxes.values()]
+    assert kinds.count("add") == draw.DRAWN_DEPTH and kinds.count("nested") == 1
+    assert len(picture.boxes) == draw.DRAWN_DEPTH + 3  # input, conv3-4, the adds, the nested box
+    (deep,) = [box for box in picture.boxes.values() if box.kind == "nested"]
+    innermost = max(graph.nodes, key=lambda m: len(graph.nodes[m]["meta"].get("stmt", ())))
+    assert innermost in deep.nodes
+    assert deep.title.startswith("residual { \u2026 }") and f"{n - draw.DRAWN_DEPTH} levels nested" in deep.title
+    # Graphviz lays it out: one node per box plus the output.
+    out = tmp_path / "deep.svg"
+    out.write_bytes(render(graph, "svg"))
+    nodes, edges, clusters = _svg(out)
+    assert len(nodes) == len(picture.boxes) + 1 and len(edges) == len(picture.edges) + 1 and clusters == 0
+
+
+def test_deeply_nested_block_calls_are_clusters_to_a_bounded_depth():
+    n = 30
+    text = "".join(f"block b{i}() {{ conv3-4; b{i + 1}() }}\n" for i in range(n))
+    text += f"block b{n}() {{ conv3-4 }}\nnet deep : 3x8x8 {{ b0() }}\n"
+    graph = archdsl.loads(text)
+    picture = cut(graph)
+    dot = render(graph, "dot").decode()
+    assert len(picture.clusters) == dot.count("subgraph cluster_") == draw.DRAWN_DEPTH
+    assert _cluster_depth(dot) == draw.DRAWN_DEPTH
+    # The 16 outermost calls each show their conv; the rest is one box, every conv in it.
+    convs = [m for m in graph.nodes if graph.nodes[m]["op"] is Op.CONV]
+    assert len(convs) == n + 1
+    (deep,) = [box for box in picture.boxes.values() if box.kind == "nested"]
+    assert sum(m in deep.nodes for m in convs) == n + 1 - draw.DRAWN_DEPTH
+    assert deep.title.startswith("b16()")
+    assert sorted(m for box in picture.boxes.values() for m in box.nodes) == sorted(graph.nodes)
