@@ -1,5 +1,3 @@
-import sys
+from archdsl.cli import entry
 
-from archdsl.cli import main
-
-sys.exit(main())
+entry()

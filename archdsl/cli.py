@@ -15,7 +15,7 @@ import argparse
 import contextlib
 import sys
 import warnings
-from typing import Callable
+from typing import Callable, NoReturn
 
 from archdsl.arguments import OUTPUT_DIR, Command, check_output, write_atomic
 from archdsl.arguments import limits_of as _limits
@@ -394,5 +394,16 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
+def entry(argv: list[str] | None = None) -> NoReturn:
+    """The ``archdsl`` command and ``python -m archdsl``: :func:`main`, then the process's exit.
+    A process that trained under torchrun leaves through :func:`archdsl.workflow.dist.exit_now`
+    (the reason is there); any other exits normally."""
+    code = main(argv)
+    dist = sys.modules.get("archdsl.workflow.dist")  # imported only by a command that trained
+    if dist is not None and dist.left_group():
+        dist.exit_now(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -111,6 +111,11 @@ def _errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
     return handler
 
 
+def _main_rank() -> bool:
+    """Whether this process speaks for the run: always, unless torchrun started it as a rank > 0."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 # -- sweep --------------------------------------------------------------------------------------
 def _sweep(args) -> int:
     from archdsl.workflow import sweep
@@ -123,7 +128,7 @@ def _sweep(args) -> int:
         check_output(Path(args.jobs))  # before the table: a --jobs that cannot be written costs nothing
     built = sweep.variants(args.spec, args.grid, net=args.net, input=args.input)
     rows = sweep.table_rows(args.spec, built)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one table
+    if _main_rank():  # under torchrun, one table
         print(render(rows, args.format, sweep.columns([k for k, _ in args.grid])))
     if not (args.train or args.jobs):
         return 0
@@ -151,8 +156,9 @@ def _sweep(args) -> int:
         if info["status"] != "done":
             print(f"{job['name']}: {info['status']}; the rest of the sweep is not run", file=sys.stderr)
             return _exit_code(info)
-    print(f"\ntrained {len(jobs)} variants under {args.out}; 'archdsl report {args.out}' tabulates and "
-          "plots them", file=sys.stderr)
+    if _main_rank():
+        print(f"\ntrained {len(jobs)} variants under {args.out}; 'archdsl report {args.out}' tabulates and "
+              "plots them", file=sys.stderr)
     return 0
 
 
@@ -182,7 +188,9 @@ def _train(args) -> int:
     out = args.out or str(Path("runs") / variant_name(args.spec, params))
     info = train(args.spec, args.data, out, recipe=_recipe(args), params=params, net=args.net,
                  options=_options(args), resume=args.resume)
-    if info["status"] == "done":
+    if not _main_rank():
+        pass  # under torchrun, rank 0 says how the run ended
+    elif info["status"] == "done":
         print(f"{out}: done, {info['completed_iterations']} iterations in {info['elapsed_s']:.1f} s",
               file=sys.stderr)
     else:
