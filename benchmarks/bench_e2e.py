@@ -119,7 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         LRN_NETS.clear()
         LRN_NETS["smoke_lrn"] = (str(smoke_spec), {})
         args.nets = args.lrn_nets = None
-        args.batch, args.size, args.no_max_autotune = 1, 16, True
+        args.batch, args.size, args.no_max_autotune = 1, 8, True
         args.warmup, args.iters, args.reps = 0, 1, 1  # common.wall_ms makes its own untimed call
 
     def choose(text, table, quick):
