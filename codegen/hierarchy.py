@@ -50,6 +50,7 @@ class Level:
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     steps: list[Step] = field(default_factory=list)
+    flat: bool = False  # the one level of a graph lowered flat: every attribute is a node name
 
 
 @dataclass
@@ -86,7 +87,7 @@ def _tree(graph: ArchGraph, hierarchical: bool) -> Level:
     order = graph.order()
     position = {n: i for i, n in enumerate(order)}
     source = graph.graph["input"]
-    root = Level((), None)
+    root = Level((), None, flat=not hierarchical)
     by_path: dict[tuple[str, ...], Level | Repeat] = {(): root}
     blocks = _block_names(graph)
 
@@ -273,7 +274,10 @@ def extra_attr(level: Level, attribute: str, graph: ArchGraph) -> str:
     """The attribute, in ``level``, of a layer a node owns beside its own (a fused
     conv's batch norm, named in the graph after the absorbed BN node): the BN node's name in
     its submodule, which is this one (a rewrite never absorbs across submodules), unless a
-    node or child of the level has it (then the BN's unique node name)."""
+    node or child of the level has it (then the BN's unique node name). Lowered flat, it is the
+    BN node's name, as every other attribute there is."""
+    if level.flat:
+        return attribute
     local = _where(graph, attribute)[1] if attribute in graph.graph.get("modules", {}) else attribute
     if local in level.children or (local in level.nodes and level.nodes[local] != attribute):
         local = attribute

@@ -444,6 +444,25 @@ POOLED = """net pooled : 3x10x10 {
 }"""
 
 
+# A BN at the start of the second block commutes ahead of the first block's last ReLU, so the
+# calls cannot be contracted and the graph is lowered flat; the first block's conv+bn fuses.
+ACROSS_BLOCKS = """block b1() { conv1x1-4; batchnorm; conv1x1-4 }
+block b2() { batchnorm; conv1x1-2 act=none }
+net t : 3x8x8 { b1(); b2() }"""
+
+
+def test_a_graph_lowered_flat_keeps_the_fused_batch_norms_name():
+    """Found by test_random_specs_keep_their_function: lowered flat, the fused conv's BN was
+    named as in its block (``bn1``) where every other layer has its node name (``b11_bn1``)."""
+    g = archdsl.loads(ACROSS_BLOCKS)
+    ref, tri = pair(g)
+    assert "b11_bn1.weight" in ref.state_dict()  # flat: node names
+    assert list(tri.state_dict()) == list(ref.state_dict())
+    tri.load_state_dict(ref.state_dict(), strict=True)
+    source = emit_source(fused(g), backend="triton")
+    assert "self.b11_bn1 = nn.BatchNorm2d(4" in source and "self.bn1 " not in source
+
+
 def test_pooled_convs_keep_the_state_dict_and_lower_to_pool_calls():
     f = fused(archdsl.loads(POOLED))
     assert [describe(d["op"], d["attrs"]).split(" ")[0] for _, d in f.ops() if d["op"] is Op.FUSED_CONV] == [
