@@ -34,7 +34,10 @@ def _tracked() -> list[str] | None:
         return None
     out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                          capture_output=True, check=True)
-    return [p for p in out.stdout.decode().split("\0") if p]
+    # A virtual environment made inside the checkout under a name .gitignore does not list
+    # (`python -m venv venv`) is not part of it.
+    venvs = {cfg.parent.name for cfg in ROOT.glob("*/pyvenv.cfg")}
+    return [p for p in out.stdout.decode().split("\0") if p and p.split("/", 1)[0] not in venvs]
 
 
 def test_no_symlink_is_tracked():
