@@ -101,6 +101,55 @@ def test_resume_continues_bit_for_bit(tmp_path):
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-12)  # float64 tallies
 
 
+def test_a_signal_during_an_evaluation_stops_it_and_resume_evaluates_first(tmp_path, monkeypatch):
+    """An evaluation of a large test set can outlast a scheduler's grace period: a signal stops
+    it between two batches. The checkpoint keeps the row's training half, the resumed run
+    evaluates the same weights before its next step, and the run ends as one never stopped."""
+    from archdsl.workflow import train as train_mod
+
+    options = Options(progress=False, eval_every=3, eval_batch=8)  # 32 test images: 4 batches
+    whole = train("cifar_resnet", tiny(), tmp_path / "whole", recipe=short(), params={"n": 1}, options=options)
+
+    received = []  # the loop's signal flags, set here as the handler would set them
+
+    class Signals(train_mod._Signals):
+        def __enter__(self):
+            received.append(self)
+            return super().__enter__()
+
+    real_batch, test_batches = train_mod.data_mod.batch, []
+
+    def batch(images, indices, recipe, size, draws):
+        if draws is None:  # a test batch
+            test_batches.append(len(indices))
+            if len(test_batches) == 2:
+                received[-1].received = signal.SIGTERM
+        return real_batch(images, indices, recipe, size, draws)
+
+    monkeypatch.setattr(train_mod, "_Signals", Signals)
+    monkeypatch.setattr(train_mod.data_mod, "batch", batch)
+    halted = train("cifar_resnet", tiny(), tmp_path / "parts", recipe=short(), params={"n": 1}, options=options)
+    assert halted["status"] == "interrupted" and halted["signal"] == "SIGTERM"
+    assert halted["completed_iterations"] == 3 and test_batches == [8, 8]  # stopped after 2 of 4 batches
+    assert runs.read_metrics(tmp_path / "parts") == []  # no row from a partial evaluation
+    pending = runs.load_checkpoint(tmp_path / "parts" / runs.CHECKPOINT_FILE)["pending"]
+    assert pending["head"]["iteration"] == 3 and "test_loss" not in pending["head"]
+
+    monkeypatch.setattr(train_mod.data_mod, "batch", real_batch)
+    done = train("cifar_resnet", tiny(), tmp_path / "parts", recipe=short(), params={"n": 1}, options=options,
+                 resume=True)
+    assert done["status"] == whole["status"] == "done"
+    a, b = state(tmp_path / "whole"), state(tmp_path / "parts")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows_a, rows_b = runs.read_metrics(tmp_path / "whole"), runs.read_metrics(tmp_path / "parts")
+    assert [r["iteration"] for r in rows_b] == [r["iteration"] for r in rows_a] == [3, 6]
+    for ra, rb in zip(rows_a, rows_b):
+        assert list(ra) == list(rb)  # the same columns in the same order
+        for key in ("lr", "train_loss", "train_error", "test_loss", "test_top1_error", "test_top5_error"):
+            assert ra[key] == rb[key], key
+    assert runs.load_checkpoint(tmp_path / "parts" / runs.CHECKPOINT_FILE)["pending"] is None
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_leaves_a_loadable_checkpoint(tmp_path, sig):
     cifar = write_cifar(tmp_path / "cifar")

@@ -5,8 +5,9 @@ trained without that softmax (:func:`logits_module`), as the papers train it.
 
 A run can be trusted to mean what it says: the spec, parameters, recipe, seed and versions are
 recorded before the first step; a checkpoint is written atomically at every evaluation; on
-SIGINT or SIGTERM the loop finishes its step, writes a checkpoint and stops; ``resume=True``
-continues from it, on the CPU bit for bit (the data order and augmentation are functions of
+SIGINT or SIGTERM the loop finishes its step (an evaluation stops between two batches), writes
+a checkpoint and stops; ``resume=True`` continues from it (evaluating first if it was stopped
+during an evaluation), on the CPU bit for bit (the data order and augmentation are functions of
 (seed, epoch, sample), and the RNG states are in the checkpoint).
 """
 
@@ -244,13 +245,13 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
                                 weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
 
     state = {"iteration": 0, "drops": 0, "best": math.inf, "bad": 0, "tallies": [0.0, 0.0, 0.0],
-             "elapsed": 0.0}
+             "elapsed": 0.0, "pending": None}
     if resume:
         ckpt = runs.load_checkpoint(out / runs.CHECKPOINT_FILE)
         base.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"], world)
-        state = {k: ckpt[k] for k in state}
+        state = {k: ckpt.get(k, default) for k, default in state.items()}  # older runs: no pending row
     info = {
         "spec": str(spec), "net": graph.name, "arguments": graph.graph.get("params", params),
         "spec_file": runs.SPEC_FILE, "spec_sha256": digest, "recipe": recipe.to_json(),
@@ -278,21 +279,28 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
             runs.save_checkpoint(out / runs.CHECKPOINT_FILE, {
                 **state, "model": base.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng})
 
-    def evaluate() -> dict:
+    def evaluate(signals: _Signals) -> dict | None:
+        """The test scores; None when a signal cut the evaluation short (on every rank alike)."""
         test = dataset.test
         if test is None:
             return {}
         base.eval()
         mine = torch.arange(world.rank, len(test), world.size)
         step = options.eval_batch or 2 * local_batch
+        # The same number of batches on every rank (the shards differ by one image at most), so
+        # that the per-batch "was a signal received?" collective pairs up across ranks.
+        starts = range(0, -(-len(test) // world.size), step)
         loss = top1 = top5 = 0.0
-        starts = range(0, len(mine), step)
         if bar is not None:  # a test set of 50,000 images is a long loop of its own
             from tqdm import tqdm
 
             starts = tqdm(starts, desc=f"test {graph.name}", unit="batch", leave=False, dynamic_ncols=True)
         with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
             for start in starts:
+                if dist.any_rank(signals.received is not None, world):
+                    return None
+                if start >= len(mine):
+                    continue
                 x, y = inputs(*data_mod.batch(test, mine[start:start + step], recipe, size, None))
                 scores = _vector(scorer(x)).float()
                 loss += F.cross_entropy(scores, y, reduction="sum").item()
@@ -302,6 +310,31 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
         loss, top1, top5, n = dist.all_sum([loss, top1, top5, float(len(mine))], world)
         return {"test_loss": loss / n, "test_top1_error": top1 / n,
                 "test_top5_error": top5 / n if outputs >= 5 else None}
+
+    def record(head: dict, tail: dict, signals: _Signals) -> bool:
+        """Evaluate, append the metrics row (``head``, the test scores, ``tail``), checkpoint.
+
+        A signal during the evaluation stops it at once: the checkpoint then holds the row's
+        training half, and the resumed run evaluates the same weights before its first step, so
+        its metrics are those of a run never stopped. Returns False in that case.
+        """
+        scores = evaluate(signals)
+        model.train()
+        if scores is None:
+            state["pending"] = {"head": head, "tail": tail}
+            checkpoint()
+            return False
+        state["pending"] = None
+        row = {**head, **scores, **tail}
+        _plateau(state, recipe, row.get("test_top1_error", row["train_loss"]))
+        if world.main:
+            with metrics_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            if bar is not None:
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}",
+                                err=f"{row.get('test_top1_error', row['train_error']):.3f}")
+        checkpoint()
+        return True
 
     metrics_path = out / runs.METRICS_FILE
     stopped = None
@@ -317,6 +350,10 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
     wrong = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     with _Signals() as signals:
+        if state["pending"] is not None:  # stopped during an evaluation: finish it first
+            if not record(**state["pending"], signals=signals):
+                stopped = signals.received
+            interval_start = time.perf_counter()
         while state["iteration"] < total and stopped is None:
             epoch, position = divmod(state["iteration"], steps_per_epoch)
             sampler.set_epoch(epoch)
@@ -355,19 +392,12 @@ def train(spec: str | Path, data: str | Path | data_mod.Dataset, out: str | Path
                     seen = 0
                 if it % eval_every == 0 or it == total:
                     summed_loss, summed_wrong, n = state["tallies"]
-                    row = {"iteration": it, "epoch": round(it / steps_per_epoch, 4), "lr": lr,
-                           "train_loss": summed_loss / n, "train_error": summed_wrong / n, **evaluate(),
-                           "images_per_s": images_per_s, "elapsed_s": round(state["elapsed"], 3)}
-                    model.train()
                     state["tallies"] = [0.0, 0.0, 0.0]
-                    _plateau(state, recipe, row.get("test_top1_error", row["train_loss"]))
-                    if world.main:
-                        with metrics_path.open("a", encoding="utf-8") as f:
-                            f.write(json.dumps(row) + "\n")
-                        if bar is not None:
-                            bar.set_postfix(loss=f"{row['train_loss']:.3f}",
-                                            err=f"{row.get('test_top1_error', row['train_error']):.3f}")
-                    checkpoint()
+                    head = {"iteration": it, "epoch": round(it / steps_per_epoch, 4), "lr": lr,
+                            "train_loss": summed_loss / n, "train_error": summed_wrong / n}
+                    tail = {"images_per_s": images_per_s, "elapsed_s": round(state["elapsed"], 3)}
+                    if not record(head, tail, signals):
+                        halt = True
                     interval_start = time.perf_counter()
                 elif halt:
                     checkpoint()
