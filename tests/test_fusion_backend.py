@@ -59,6 +59,14 @@ def no_kernel(monkeypatch):
 
 
 @pytest.fixture
+def torch_ops_only(no_kernel, monkeypatch):
+    """Every triton-backend layer on its PyTorch path: the convs (as ``no_kernel``), and the
+    pools and LRN as well, which otherwise run their kernels under the CPU interpreter (the
+    kernels' own tests are tests/test_kernel_*.py)."""
+    monkeypatch.setattr(support, "kernel_can_run", lambda x, w=None: False)
+
+
+@pytest.fixture
 def fresh_notice(monkeypatch):
     """A process in which the fallback notice has not been given yet."""
     monkeypatch.setattr(support, "_noticed", False)
@@ -561,9 +569,10 @@ def test_triton_backend_pools_in_the_kernel_and_agrees_with_torch(kernels_only, 
 
 
 @pytest.mark.parametrize("name", [s.name for s in archdsl.list_specs()])
-def test_every_bundled_specs_triton_source_is_the_in_process_module(no_kernel, name):
-    """The emitted triton source of each bundled net (fused convs, fused pools) runs what the
-    in-process module runs, bit for bit, on the fallback path; at a small input, to stay cheap."""
+def test_every_bundled_specs_triton_source_is_the_in_process_module(torch_ops_only, name):
+    """The emitted triton source of each bundled net (fused convs, fused pools, LRN) runs what
+    the in-process module runs, bit for bit, on the fallback path; at a small input, to stay
+    cheap (vgg_a_lrn's LRN kernel alone took 30 s under the interpreter)."""
     graph = archdsl.load(name, input="3x64x64")
     lowered = fused(graph)
     source = emit_source(lowered, backend="triton")
