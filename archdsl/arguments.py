@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import os
 import stat
@@ -108,14 +108,19 @@ def check_output(path: Path) -> None:
                          f"replaces a regular file{hint}")
 
 
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write ``text`` (str or bytes) to ``path`` so that readers see the old file or the new one, never half.
+def write_atomic(path: Path, content: str | bytes | Callable[[BinaryIO], object]) -> None:
+    """Write ``content`` to ``path`` so that readers (and a process killed meanwhile) see the old
+    file or the new one, never half: a temporary file beside it, synced, then renamed over it.
 
-    Only a regular file is replaced (see :func:`check_output`).
+    Args:
+        path: the output. Only a regular file is replaced (see :func:`check_output`); an
+            existing file keeps its permissions, a new one gets the usual ones.
+        content: text (written as UTF-8), bytes, or a function that writes to the binary file
+            it is given (``lambda f: torch.save(state, f)``).
     """
     check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # keep an existing file's permissions; a new one gets the usual (mkstemp's are 0600)
+    try:
         mode = path.stat().st_mode & 0o777
     except OSError:
         umask = os.umask(0)
@@ -123,9 +128,14 @@ def write_atomic(path: Path, text: str | bytes) -> None:
         mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
     try:
-        with (os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8")) as f:
-            f.write(text)
-        os.chmod(tmp, mode)
+        with os.fdopen(fd, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # mkstemp's 0600 is for the temporary file only
         check_output(path)  # nothing but a regular file appeared there meanwhile
         os.replace(tmp, path)
     except BaseException:

@@ -16,10 +16,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -94,27 +92,11 @@ def versions() -> dict[str, str]:
 def write_atomic_bytes(path: Path, write: Callable[[Any], None]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``:
     readers (and a run killed meanwhile) see the old file or the new one, never half of one.
+    Only a regular file is replaced (``sweep --jobs /dev/null`` run as root is refused); see
+    :func:`archdsl.arguments.write_atomic`, which this is."""
+    from archdsl.arguments import write_atomic
 
-    Only a regular file is replaced: a device, a FIFO, a link or a folder at ``path``
-    (``sweep --jobs /dev/null`` run as root) is refused (see :func:`archdsl.arguments.check_output`)."""
-    from archdsl.arguments import check_output
-
-    check_output(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    umask = os.umask(0)
-    os.umask(umask)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for the temporary file only
-        check_output(path)  # nothing but a regular file appeared there meanwhile
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, write)
 
 
 def write_text(path: Path, text: str) -> None:
