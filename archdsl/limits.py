@@ -41,7 +41,7 @@ class Limits:
     max_steps: int = 250_000  # expansion work: statements expanded, weighted by their size
     max_imports: int = 64  # files one spec may pull in, transitively
     max_width: int = 1 << 20  # channels or features of one layer
-    max_spatial: int = 1 << 16  # height or width of the input
+    max_spatial: int = 1 << 16  # height or width of the input, and of every feature map
     max_params: int = 1_000_000_000  # parameters of a module to be allocated by compile() (4 GB)
     max_output_bytes: int = 8 << 20  # emitted module source (ResNet-1202's is about 0.5 MB)
 

@@ -17,6 +17,7 @@ import dataclasses
 import importlib.util
 import json
 import io
+import math
 import os
 import re
 import stat
@@ -124,7 +125,22 @@ def test_whatever_loads_lowers_to_source_that_imports_and_agrees(text):
     shape = graph.input_shape
     if len(graph) > 40 or graph.params > 10**6 or shape.c * shape.h * shape.w > 3 * 64 * 64:
         return
+    # and small activations: padding can grow a map (pad=30000 on 2x2 is a 60002x60002 map)
+    if max(math.prod(graph.shape(name).dims) for name in graph) > 64 * 64 * 64:
+        return
     at.check_lowering(graph)
+
+
+@pytest.mark.parametrize("layers,culprit", [("conv1-1 pad=65536", 0), ("conv1-1 pad=20000; conv1-1 pad=20000", 1)])
+def test_a_map_grown_past_max_spatial_by_padding_is_refused_at_its_layer(layers, culprit):
+    """max_spatial bounds every feature map, not only the input: padding alone can make a map
+    of 131,073 x 131,073 from a 2x2 input (137 GB for one channel, found by the fuzzer)."""
+    text = f"net grown : 1x2x2 {{ {layers}; gap; fc-2 }}"
+    with pytest.raises(SpecError, match=r"output map .* is larger than 65536 \(limit max_spatial\)") as err:
+        archdsl.loads(text)
+    column = [m.start() for m in re.finditer("conv1-1", text)][culprit] + 1
+    assert (err.value.span.line, err.value.span.column) == (1, column)
+    archdsl.loads("net fine : 1x2x2 { conv1-1 pad=16000; gap; fc-2 }")  # 32002 x 32002: within the limit
 
 
 @examples(60)

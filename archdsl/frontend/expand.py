@@ -221,7 +221,11 @@ class Builder:
             key = (scope.module, stem[len(scope.prefix):])
             local = self.locals[key] = self.locals.get(key, 0) + 1
             self.graph.graph.setdefault("modules", {})[name] = (scope.module, f"{key[1]}{local}", scope.blocks)
-        node["meta"]["shape"] = output_shape(op, attrs, [self.shape(a) for a in args], span)
+        shape = node["meta"]["shape"] = output_shape(op, attrs, [self.shape(a) for a in args], span)
+        if shape.is_map and max(shape.h, shape.w) > self.limits.max_spatial:
+            # padding grows a map: conv1-1 pad=65536 on a 2x2 input would make a 131073x131073 one
+            raise SpecError(f"this layer's output map {shape.h}x{shape.w} is larger than "
+                            f"{self.limits.max_spatial} (limit max_spatial)", span)
         self.current = name
         return name
 
